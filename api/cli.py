@@ -1,0 +1,535 @@
+"""The `ledgerq` command: run the API, workers, beat, migrations, or everything at once with `dev`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, TYPE_CHECKING, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+from rich.console import Console
+from rich.table import Table
+
+from worker.routing import CONTROL_QUEUE, queue_for_partition
+from worker.settings import (
+    VARIABLES,
+    Settings,
+    SettingsError,
+    get_settings,
+    normalize_database_url,
+    parse_partition_set,
+)
+
+if TYPE_CHECKING:
+    from worker.devservers import EmbeddedServer
+
+DEFAULT_DATA_DIR = ".ledgerq"
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+# Children stop in this order: no new requests first, then no new sweeps, then the worker drains.
+STOP_ORDER = ("api", "beat", "worker")
+COLOURS = {"api": "36", "worker": "35", "beat": "33", "dev": "1"}
+
+console = Console(highlight=False)
+errors = Console(highlight=False, stderr=True)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _exec(argv: list[str]) -> NoReturn:
+    """Replace this process, so signals from a supervisor (or `dev`) reach the server directly."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(argv[0], argv)  # noqa: S606 - argv is built here from fixed parts
+
+
+def _settings() -> Settings:
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def _database_url() -> str:
+    # Migrations need only the database, so do not demand the other variables here.
+    url = os.environ.get("LEDGERQ_DATABASE_URL")
+    if not url:
+        raise SettingsError(
+            "LEDGERQ_DATABASE_URL is not set (see the configuration table in README.md)"
+        )
+    return normalize_database_url(url)
+
+
+@contextlib.contextmanager
+def _explain_connection_errors(url: str) -> Iterator[None]:
+    """Turn "cannot connect" into one line naming the variable instead of a long traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except OperationalError as exc:
+        raise SettingsError(
+            f"LEDGERQ_DATABASE_URL: cannot use {mask_url(url)}: {exc.orig or exc}"
+        ) from exc
+
+
+def mask_url(value: str) -> str:
+    """Hide the password of a URL (postgresql://u:secret@h/db -> postgresql://u:***@h/db)."""
+    if "://" not in value:
+        return value
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def partitions_label(partitions: Sequence[int]) -> str:
+    """A compact, node-name-safe label: (0,1,2,3,6) -> p0-3_6."""
+    runs: list[str] = []
+    start = prev = None
+    for p in sorted(partitions):
+        if prev is not None and p == prev + 1:
+            prev = p
+            continue
+        if start is not None:
+            runs.append(f"{start}-{prev}" if start != prev else f"{start}")
+        start = prev = p
+    if start is not None:
+        runs.append(f"{start}-{prev}" if start != prev else f"{start}")
+    return "p" + "_".join(runs)
+
+
+# --------------------------------------------------------------------------- child command lines
+
+
+def api_command(settings: Settings) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+        "--host", settings.api_host,
+        "--port", str(settings.api_port),
+        "--workers", str(settings.api_workers),
+        "--loop", "uvloop",
+        "--http", "httptools",
+        "--no-access-log",
+    ]  # fmt: skip
+
+
+def worker_command(
+    settings: Settings,
+    partitions: Sequence[int],
+    pid: int,
+    pool: str | None = None,
+    concurrency: int = 1,
+) -> list[str]:
+    queues = [CONTROL_QUEUE, *(queue_for_partition(p) for p in partitions)]
+    argv = [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
+        "-Q", ",".join(queues),
+        "--concurrency", str(concurrency),
+        "--prefetch-multiplier", "1",
+        # Celery expands %h to the host name; the pid survives the exec, so names stay unique.
+        "-n", f"ledgerq-{partitions_label(partitions)}-{pid}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel", settings.log_level,
+        "-E",
+    ]  # fmt: skip
+    if pool is not None:
+        argv += ["--pool", pool]
+    return argv
+
+
+def beat_command(settings: Settings) -> list[str]:
+    schedule = Path(settings.data_dir) / "celerybeat-schedule"
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "beat",
+        "--schedule", str(schedule),
+        "--loglevel", settings.log_level,
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- simple subcommands
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    # Imported here so `ledgerq api|worker|beat` do not pay for Alembic before they exec.
+    from worker.store import migrate
+
+    url = _database_url()
+    with _explain_connection_errors(url):
+        before = migrate.current_revision(url)
+        if args.downgrade is not None:
+            migrate.downgrade(url, args.downgrade)
+        else:
+            migrate.upgrade(url)
+        after = migrate.current_revision(url)
+    console.print(
+        f"database {mask_url(url)}: revision {before or 'base'} -> {after or 'base'}",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    _exec(api_command(_settings()))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    partitions = settings.worker_partitions
+    if args.partitions is not None:
+        partitions = parse_partition_set("--partitions", args.partitions, settings.partitions)
+    if args.concurrency > 1:
+        # Correct either way (see DESIGN), but per-account FIFO needs one consumer per partition.
+        errors.print("[yellow]warning:[/] --concurrency > 1 gives up per-account FIFO order")
+    _exec(worker_command(settings, partitions, os.getpid(), args.pool, args.concurrency))
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    settings = _settings()
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    _exec(beat_command(settings))
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    table = Table(title="ledgerq configuration (LEDGERQ_* environment variables)")
+    table.add_column("variable", no_wrap=True, style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_column("meaning")
+    for var in VARIABLES:
+        raw = os.environ.get(var.name)
+        if raw:
+            value = mask_url(raw)
+        elif var.default is not None:
+            value = f"[dim]{var.default} (default)[/]"
+        else:
+            value = "[dim](unset)[/]"
+        table.add_row(var.name, value, var.help)
+    console.print(table)
+    try:
+        Settings.from_env()
+    except SettingsError as exc:
+        errors.print(f"[red]problem:[/] {exc}")
+        if not (os.environ.get("LEDGERQ_DATABASE_URL") or os.environ.get("LEDGERQ_REDIS_URL")):
+            errors.print("[dim]`ledgerq dev` starts embedded servers when both URLs are unset.[/]")
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- dev: everything at once
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM; the main loop polls it, so no signal interrupts a half-done step."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.event.is_set():
+            _say("dev", "already stopping, please wait")
+        self.event.set()
+
+
+# Reentrant: the signal handler may print while the main thread is inside _say.
+_output_lock = threading.RLock()
+
+
+def _say(name: str, line: str, out: IO[str] | None = None) -> None:
+    """Write one line as `name   | line`, the name coloured when writing to a terminal."""
+    out = out or sys.stdout
+    prefix = f"{name:<6} |"
+    if out.isatty() and not os.environ.get("NO_COLOR"):
+        prefix = f"\x1b[{COLOURS.get(name, '0')}m{prefix}\x1b[0m"
+    with _output_lock:
+        out.write(f"{prefix} {line}\n")
+        out.flush()
+
+
+@dataclass
+class _Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    reader: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reader = threading.Thread(target=self._pump, name=f"{self.name}-output", daemon=True)
+        self.reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in iter(self.proc.stdout.readline, b""):
+            _say(self.name, raw.decode(errors="replace").rstrip("\r\n"))
+
+    def signal_group(self, signum: int) -> None:
+        # The child leads its own process group; the group includes uvicorn/celery subprocesses.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signum)
+
+    def stop(self, timeout: float) -> None:
+        if self.proc.poll() is None:
+            # SIGTERM to the leader only: uvicorn and celery shut their own subprocesses down.
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _say("dev", f"{self.name} did not stop in {timeout:.0f}s, killing it")
+                self.signal_group(signal.SIGKILL)
+                self.proc.wait()
+        # Anything the leader left behind in its group would outlive us; nothing may.
+        self.signal_group(signal.SIGKILL)
+        self.reader.join(timeout=2)
+
+
+def _spawn(name: str, args: list[str]) -> _Child:
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "api.cli", name, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        # A terminal Ctrl-C goes to the foreground process group: only us, so we stop them in order.
+        process_group=0,
+    )
+    return _Child(name, proc)
+
+
+def _stop_children(children: dict[str, _Child]) -> None:
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for name in STOP_ORDER:
+        if name in children:
+            children[name].stop(max(deadline - time.monotonic(), 1.0))
+
+
+def _embedded_servers(data_dir: Path) -> list[EmbeddedServer]:
+    """Start PostgreSQL and Redis under data_dir when neither URL is set; fail if only one is."""
+    missing = [n for n in ("LEDGERQ_DATABASE_URL", "LEDGERQ_REDIS_URL") if not os.environ.get(n)]
+    if not missing:
+        return []
+    if len(missing) == 1:
+        raise SettingsError(
+            f"{missing[0]} is not set. Set both LEDGERQ_DATABASE_URL and LEDGERQ_REDIS_URL, "
+            "or neither to let `ledgerq dev` start embedded servers."
+        )
+    # Imported here: only `dev` without servers needs the embedded binaries.
+    from worker.devservers import start_postgres, start_redis
+
+    servers: list[EmbeddedServer] = []
+    try:
+        _say("dev", f"starting embedded PostgreSQL in {data_dir / 'postgres'}")
+        servers.append(start_postgres(data_dir / "postgres"))
+        _say("dev", f"starting embedded Redis in {data_dir / 'redis'}")
+        servers.append(start_redis(data_dir / "redis"))
+    except BaseException:
+        _stop_servers(servers)
+        raise
+    os.environ["LEDGERQ_DATABASE_URL"] = servers[0].url
+    os.environ["LEDGERQ_REDIS_URL"] = servers[1].url
+    _say("dev", f"LEDGERQ_DATABASE_URL={servers[0].url}")
+    _say("dev", f"LEDGERQ_REDIS_URL={servers[1].url}")
+    return servers
+
+
+def _stop_servers(servers: list[EmbeddedServer]) -> None:
+    for server in reversed(servers):
+        _say("dev", f"stopping embedded {server.name} (pid {server.pid})")
+        server.stop()
+
+
+def _probe_host(host: str) -> str:
+    # A wildcard listen address is reachable on loopback.
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        if sock.connect_ex((_probe_host(host), port)) == 0:
+            raise SettingsError(
+                f"LEDGERQ_API_PORT: something already listens on {host}:{port}; "
+                "stop it or choose another port"
+            )
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - http to our own API
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _first_exited(children: dict[str, _Child]) -> _Child | None:
+    return next((c for c in children.values() if c.proc.poll() is not None), None)
+
+
+def _wait_ready(children: dict[str, _Child], health_url: str, stop: _Stop) -> _Child | None:
+    """Poll /health until 200. Returns a child that died first; raises TimeoutError if too slow."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not stop.event.is_set():
+        dead = _first_exited(children)
+        if dead is not None:
+            return dead
+        if _healthy(health_url):
+            return None
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{health_url} did not answer 200 within {READY_TIMEOUT:.0f}s")
+        stop.event.wait(0.25)
+    return None
+
+
+def _banner(settings: Settings, data_dir: Path) -> None:
+    base = f"http://{_url_host(_probe_host(settings.api_host))}:{settings.api_port}"
+    with _output_lock:
+        console.print(
+            f"\n[bold green]ledgerq is ready[/]\n"
+            f"  API   {base}\n"
+            f"  docs  {base}/docs\n"
+            f"  data  {data_dir}\n"
+            f"  Ctrl-C stops everything.\n"
+        )
+
+
+def _supervise(settings: Settings, data_dir: Path, stop: _Stop) -> int:
+    """Run api, worker and beat until a signal (exit 0) or until one of them exits (exit 1)."""
+    _check_port_free(settings.api_host, settings.api_port)
+    children: dict[str, _Child] = {}
+    try:
+        children["worker"] = _spawn("worker", ["--partitions", "all"])
+        children["beat"] = _spawn("beat", [])
+        children["api"] = _spawn("api", [])
+        health = f"http://{_url_host(_probe_host(settings.api_host))}:{settings.api_port}/health"
+        try:
+            dead = _wait_ready(children, health, stop)
+        except TimeoutError as exc:
+            _say("dev", f"not ready: {exc}; stopping")
+            return 1
+        if dead is None and not stop.event.is_set():
+            _banner(settings, data_dir)
+            while dead is None and not stop.event.wait(0.5):
+                dead = _first_exited(children)
+        if dead is not None:
+            _say("dev", f"{dead.name} exited with code {dead.proc.returncode}; stopping the rest")
+            return 1
+        _say("dev", "stopping (api, beat, worker)")
+        return 0
+    finally:
+        _stop_children(children)
+
+
+def _dev_environment(data_dir: Path) -> Settings:
+    os.environ["LEDGERQ_DATA_DIR"] = str(data_dir)
+    # Readable logs by default in a terminal; an explicit choice is kept.
+    os.environ.setdefault("LEDGERQ_LOG_FORMAT", "console")
+    # Children's lines should reach us as they are written, not when a buffer fills.
+    os.environ["PYTHONUNBUFFERED"] = "1"
+    return _settings()
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    # Imported here so `ledgerq api|worker|beat` do not pay for Alembic before they exec.
+    from worker.store import migrate
+
+    stop = _Stop()
+    signal.signal(signal.SIGINT, stop.handle)
+    signal.signal(signal.SIGTERM, stop.handle)
+    data_dir = Path(os.environ.get("LEDGERQ_DATA_DIR") or DEFAULT_DATA_DIR).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    servers = _embedded_servers(data_dir)
+    try:
+        settings = _dev_environment(data_dir)
+        if stop.event.is_set():
+            return 0
+        _say("dev", "migrating the database to the latest revision")
+        with _explain_connection_errors(settings.database_url):
+            migrate.upgrade(settings.database_url)
+        if stop.event.is_set():
+            return 0
+        return _supervise(settings, data_dir, stop)
+    finally:
+        _stop_servers(servers)
+
+
+# --------------------------------------------------------------------------- argument parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledgerq",
+        description="Queue-backed transaction processor. Configuration: LEDGERQ_* variables "
+        "(`ledgerq config` lists them).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = sub.add_parser(
+        "dev",
+        help="run API, worker and beat together (embedded PostgreSQL and Redis if no URLs are set)",
+    )
+    dev.set_defaults(handler=cmd_dev)
+
+    mig = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
+    mig.add_argument(
+        "--downgrade",
+        nargs="?",
+        const="-1",
+        metavar="REV",
+        help="downgrade instead: to REV (`base` removes everything), one revision if omitted",
+    )
+    mig.set_defaults(handler=cmd_migrate)
+
+    api = sub.add_parser("api", help="serve the HTTP API (uvicorn)")
+    api.set_defaults(handler=cmd_api)
+
+    worker = sub.add_parser("worker", help="run a Celery worker for some or all partitions")
+    worker.add_argument(
+        "--partitions",
+        metavar="SPEC",
+        help="partitions to consume, `all` or like `0-3,6` (default LEDGERQ_WORKER_PARTITIONS)",
+    )
+    worker.add_argument("--pool", choices=("prefork", "solo", "threads"), help="Celery pool")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes or threads (default 1: one consumer per partition keeps FIFO order)",
+    )
+    worker.set_defaults(handler=cmd_worker)
+
+    beat = sub.add_parser("beat", help="run Celery beat (the sweeper schedule)")
+    beat.set_defaults(handler=cmd_beat)
+
+    config = sub.add_parser("config", help="show every LEDGERQ_* variable and its current value")
+    config.set_defaults(handler=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except SettingsError as exc:
+        print(f"ledgerq: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The HTTP edge of errors: every failure leaves as RFC 9457 problem details with a stable `code`."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    SerializationException,
+    ValidationException,
+)
+from litestar.exceptions.http_exceptions import (
+    ClientException,
+    MethodNotAllowedException,
+    TooManyRequestsException,
+)
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+
+from domain.errors import DomainError
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_TYPE_BASE = "https://ledgerq.dev/problems/"
+
+
+class ApiError(ProblemDetailsException):
+    """A problem with a stable machine-readable code, raised by controllers and the auth layer."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        body: dict[str, Any] = {"code": code}
+        if field is not None:
+            body["field"] = field
+        if extra:
+            body.update(extra)
+        super().__init__(
+            detail=detail,
+            status_code=status,
+            headers=headers,
+            extra=body,
+            type_=PROBLEM_TYPE_BASE + code,
+            title=HTTPStatus(status).phrase,
+        )
+        self.code = code
+
+
+# The one table from domain error codes to HTTP statuses; anything not listed is a 422.
+DOMAIN_STATUS: dict[str, int] = {
+    "idempotency_key_missing": 400,
+    "idempotency_key_invalid": 400,
+}
+
+
+def from_domain_error(exc: DomainError) -> ApiError:
+    return ApiError(DOMAIN_STATUS.get(exc.code, 422), exc.code, exc.message, field=exc.field)
+
+
+def _validation_field(message: str) -> str | None:
+    # msgspec says "... - at `$.amount`"; expose the field name without the JSON path prefix.
+    marker = "at `$."
+    if marker in message:
+        return message.split(marker, 1)[1].rstrip("`")
+    return None
+
+
+def from_validation_error(exc: ValidationException) -> ApiError:
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    messages = [str(e.get("message", "")) for e in errors if isinstance(e, dict)]
+    keys = [str(e.get("key")) for e in errors if isinstance(e, dict) and e.get("key")]
+    detail = "; ".join(m for m in messages if m) or str(exc.detail)
+    field = _validation_field(detail) or (keys[0] if keys else None)
+    return ApiError(422, "validation_error", detail, field=field, extra={"errors": errors})
+
+
+_GENERIC_CODES: dict[type[Exception], tuple[int, str]] = {
+    NotAuthorizedException: (401, "unauthenticated"),
+    PermissionDeniedException: (403, "forbidden"),
+    NotFoundException: (404, "not_found"),
+    MethodNotAllowedException: (405, "method_not_allowed"),
+    TooManyRequestsException: (429, "rate_limited"),
+    SerializationException: (400, "malformed_body"),
+}
+
+
+def from_http_exception(exc: HTTPException) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ValidationException):
+        return from_validation_error(exc)
+    for exc_type, (status, code) in _GENERIC_CODES.items():
+        if isinstance(exc, exc_type):
+            return ApiError(status, code, str(exc.detail), headers=exc.headers)
+    status = exc.status_code
+    if isinstance(exc, ClientException) and status == 400:
+        return ApiError(400, "bad_request", str(exc.detail), headers=exc.headers)
+    code = HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    return ApiError(status, code, str(exc.detail), headers=exc.headers)
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Never leak internals: log the exception, answer a bare 500 problem."""
+    log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+    return ApiError(500, "internal_error", "An internal error occurred.").to_response(request)
+
+
+def problem_details_plugin() -> ProblemDetailsPlugin:
+    return ProblemDetailsPlugin(
+        ProblemDetailsConfig(
+            exception_to_problem_detail_map={
+                HTTPException: from_http_exception,
+                DomainError: from_domain_error,
+            }
+        )
+    )

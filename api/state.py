@@ -1,0 +1,84 @@
+"""Per-process services of the API (engine, Redis, waiters), created in the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import redis.asyncio
+import structlog
+from litestar import Litestar
+from litestar.channels import ChannelsPlugin
+from litestar.channels.backends.redis import RedisChannelsPubSubBackend
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.waiters import CompletionWaiters
+from worker.events import OPERATIONS_CHANNEL
+from worker.settings import Settings
+from worker.store.db import make_async_engine
+
+if TYPE_CHECKING:
+    from api.auth import CredentialCache
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    redis: redis.asyncio.Redis
+    credentials: CredentialCache
+    waiters: CompletionWaiters = field(default_factory=CompletionWaiters)
+
+
+def services_of(app: Litestar) -> Services:
+    services: Services = app.state.services
+    return services
+
+
+def channels_plugin(redis_client: redis.asyncio.Redis) -> ChannelsPlugin:
+    return ChannelsPlugin(
+        backend=RedisChannelsPubSubBackend(redis=redis_client),
+        channels=[OPERATIONS_CHANNEL],
+    )
+
+
+async def _follow_completions(channels: ChannelsPlugin, waiters: CompletionWaiters) -> None:
+    while True:
+        try:
+            async with channels.start_subscription([OPERATIONS_CHANNEL]) as subscriber:
+                async for message in subscriber.iter_events():
+                    waiters.dispatch(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # keep listening: a Redis hiccup must not end waits for good
+            log.warning("completion_listener_error", error=str(exc))
+            await asyncio.sleep(1)
+
+
+def lifespan_for(
+    settings: Settings, redis_client: redis.asyncio.Redis, credentials: CredentialCache
+):
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = make_async_engine(settings.database_url, pool_size=settings.db_pool_size)
+        services = Services(
+            settings=settings, engine=engine, redis=redis_client, credentials=credentials
+        )
+        app.state.services = services
+        channels = app.plugins.get(ChannelsPlugin)
+        listener = asyncio.create_task(_follow_completions(channels, services.waiters))
+        try:
+            yield
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            await engine.dispose()
+            await redis_client.aclose()
+
+    return lifespan

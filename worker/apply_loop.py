@@ -1,0 +1,127 @@
+"""The partition apply loop: pending operations of one partition, in seq order, a batch per transaction."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from uuid import UUID
+
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+from domain.apply import Applied, apply_batch
+from domain.model import OperationType
+from worker.store.db import is_retryable
+from worker.store.ledger import (
+    ensure_world_accounts,
+    lock_accounts,
+    lock_partition,
+    pending_batch,
+    write_outcomes,
+)
+
+log = structlog.get_logger(__name__)
+
+_WORLD_TYPES = frozenset({OperationType.DEPOSIT, OperationType.WITHDRAWAL})
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What the API and subscribers learn when an operation reaches a terminal state."""
+
+    id: str
+    status: str
+    error_code: str | None
+    account_id: str
+    to_account_id: str | None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "error_code": self.error_code,
+            "account_id": self.account_id,
+            "to_account_id": self.to_account_id,
+        }
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    completed: int
+    batches: int
+    more_pending: bool
+
+
+def apply_next_batch(engine: Engine, partition: int, batch_size: int) -> list[Completion]:
+    """One transaction: lock the partition, apply up to batch_size pending operations, commit."""
+    with engine.begin() as conn:
+        lock_partition(conn, partition)
+        batch = pending_batch(conn, partition, batch_size)
+        if not batch:
+            return []
+        ops = [p.operation for p in batch]
+        world = ensure_world_accounts(
+            conn, (op.currency for op in ops if op.type in _WORLD_TYPES), shard=partition
+        )
+        touched: set[UUID] = set(world.values())
+        for op in ops:
+            touched.add(op.account_id)
+            if op.to_account_id is not None:
+                touched.add(op.to_account_id)
+        balances = lock_accounts(conn, touched)
+        outcomes, changed = apply_batch(ops, balances, world)
+        write_outcomes(conn, batch, outcomes, changed)
+    return [
+        Completion(
+            id=str(op.id),
+            status="succeeded" if isinstance(outcome, Applied) else "failed",
+            error_code=None if isinstance(outcome, Applied) else outcome.code,
+            account_id=str(op.account_id),
+            to_account_id=str(op.to_account_id) if op.to_account_id else None,
+        )
+        for op, outcome in zip(ops, outcomes, strict=True)
+    ]
+
+
+def apply_with_retry(
+    engine: Engine, partition: int, batch_size: int, attempts: int = 8
+) -> list[Completion]:
+    """Deadlocks and serialization failures roll back everything; try the batch again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return apply_next_batch(engine, partition, batch_size)
+        except DBAPIError as exc:
+            if not is_retryable(exc) or attempt == attempts:
+                raise
+            delay = min(0.5, 0.005 * 2**attempt) * (0.5 + random.random())
+            log.warning("apply_retry", partition=partition, attempt=attempt, delay=round(delay, 4))
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def drain_partition(
+    engine: Engine,
+    partition: int,
+    batch_size: int,
+    publish: Callable[[list[Completion]], None],
+    time_budget: float = 1.0,
+) -> DrainResult:
+    """Apply batches until nothing is pending, or the time budget is spent.
+
+    The budget keeps one busy partition from starving the others a worker owns; the caller
+    rings the bell again when more is pending.
+    """
+    deadline = time.monotonic() + time_budget
+    completed = batches = 0
+    while True:
+        done = apply_with_retry(engine, partition, batch_size)
+        if not done:
+            return DrainResult(completed, batches, more_pending=False)
+        completed += len(done)
+        batches += 1
+        publish(done)
+        if time.monotonic() >= deadline:
+            return DrainResult(completed, batches, more_pending=True)

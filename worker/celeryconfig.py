@@ -1,0 +1,55 @@
+"""All Celery configuration in one place: broker behaviour, queues, routes and the beat schedule.
+
+Loaded lazily by worker/celery_app.py, so importing the app reads no environment.
+"""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from worker.routing import CONTROL_QUEUE, SWEEP_TASK, queue_for_partition, route_task
+from worker.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.broker_url
+broker_connection_retry_on_startup = True
+
+# Why these broker settings:
+# - acks_late: a doorbell is acknowledged only after its drain committed, so a worker that dies
+#   mid-drain leaves the message to be delivered again (the drain is idempotent: it re-reads
+#   PostgreSQL and finds only what is still pending).
+# - reject_on_worker_lost: a pool child killed by a signal requeues its message instead of acking it.
+# - prefetch_multiplier=1: a worker holds no doorbells of other partitions while it drains one.
+# - visibility_timeout (Redis broker): an unacked message of a vanished worker comes back after five
+#   minutes; a drain slice lasts about a second, so a live worker never sees its own message twice.
+#   The sweeper re-rings stale partitions within seconds, so this is a backstop, not the path.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+broker_transport_options = {"visibility_timeout": 300}
+
+# Results live in PostgreSQL (the operation's status); no result backend.
+task_ignore_result = True
+task_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+worker_hijack_root_logger = False
+worker_send_task_events = True
+task_send_sent_event = True
+
+task_default_queue = CONTROL_QUEUE
+task_queues = [Queue(CONTROL_QUEUE)] + [
+    Queue(queue_for_partition(p)) for p in range(_settings.partitions)
+]
+task_routes = (route_task,)
+
+beat_schedule = {
+    "sweep-pending": {
+        "task": SWEEP_TASK,
+        "schedule": _settings.sweep_interval,
+        # A sweep that waited longer than its interval is stale; the next one will come.
+        "options": {"expires": _settings.sweep_interval},
+    },
+}

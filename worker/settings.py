@@ -1,0 +1,168 @@
+"""The one settings object, built once from LEDGERQ_* environment variables."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class SettingsError(RuntimeError):
+    """A LEDGERQ_* variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Var:
+    """One documented variable: its name, default and meaning (the README table is built from these)."""
+
+    name: str
+    default: str | None
+    help: str
+
+
+# The single list of configuration variables. `ledgerq config` prints it and the README documents it.
+VARIABLES: tuple[Var, ...] = (
+    Var(
+        "LEDGERQ_DATABASE_URL",
+        None,
+        "PostgreSQL URL. Unset under `ledgerq dev`: an embedded server is started.",
+    ),
+    Var(
+        "LEDGERQ_REDIS_URL",
+        None,
+        "Redis URL (completion events, doorbells). Unset under `ledgerq dev`: embedded.",
+    ),
+    Var(
+        "LEDGERQ_BROKER_URL",
+        None,
+        "Celery broker URL; defaults to LEDGERQ_REDIS_URL (amqp:// works too).",
+    ),
+    Var(
+        "LEDGERQ_PARTITIONS",
+        "8",
+        "Number of partitions (queues ledgerq.p0..pN-1). Fixed for a database's life.",
+    ),
+    Var(
+        "LEDGERQ_WORKER_PARTITIONS",
+        "all",
+        "Partitions this worker consumes: `all` or a list like `0-3,6`.",
+    ),
+    Var("LEDGERQ_API_HOST", "127.0.0.1", "Address the API listens on."),
+    Var("LEDGERQ_API_PORT", "8000", "Port the API listens on."),
+    Var("LEDGERQ_API_WORKERS", "1", "API processes started by `ledgerq api`."),
+    Var("LEDGERQ_BATCH_SIZE", "500", "Most operations the worker applies in one transaction."),
+    Var("LEDGERQ_SWEEP_INTERVAL", "2", "Seconds between sweeper runs (beat)."),
+    Var(
+        "LEDGERQ_SWEEP_AGE",
+        "3",
+        "Pending operations older than this many seconds get their partition re-rung.",
+    ),
+    Var("LEDGERQ_MAX_WAIT", "30", "Largest `Prefer: wait=N` honoured, in seconds."),
+    Var("LEDGERQ_DB_POOL_SIZE", "10", "Database connections per API process."),
+    Var("LEDGERQ_DATA_DIR", ".ledgerq", "Where `ledgerq dev` keeps the embedded servers' data."),
+    Var("LEDGERQ_LOG_FORMAT", "console", "`console` (readable) or `json` (production)."),
+    Var("LEDGERQ_LOG_LEVEL", "INFO", "Log level."),
+)
+
+
+def _int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def parse_partition_set(name: str, raw: str, partitions: int) -> tuple[int, ...]:
+    """`all`, or comma separated numbers and ranges (`0-3,6`), each below `partitions`."""
+    if raw.strip() in ("", "all"):
+        return tuple(range(partitions))
+    chosen: set[int] = set()
+    for part in raw.split(","):
+        bounds = part.strip().split("-")
+        if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
+            raise SettingsError(f"{name} must look like `0-3,6` or `all`, got {raw!r}")
+        low, high = int(bounds[0]), int(bounds[-1])
+        if low > high or high >= partitions:
+            raise SettingsError(f"{name}: {part!r} is outside 0..{partitions - 1}")
+        chosen.update(range(low, high + 1))
+    return tuple(sorted(chosen))
+
+
+def normalize_database_url(url: str) -> str:
+    """SQLAlchemy needs the psycopg (v3) driver named in the URL; accept plain postgres URLs too."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise SettingsError(
+        f"LEDGERQ_DATABASE_URL must be a postgresql:// URL, got {url.split(':')[0]}://..."
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    broker_url: str
+    partitions: int
+    worker_partitions: tuple[int, ...]
+    api_host: str
+    api_port: int
+    api_workers: int
+    batch_size: int
+    sweep_interval: float
+    sweep_age: float
+    max_wait: int
+    db_pool_size: int
+    data_dir: str
+    log_format: str
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = {v.name: v.default for v in VARIABLES}
+
+        def get(name: str) -> str:
+            value = env.get(name) or defaults[name]
+            if value is None:
+                raise SettingsError(f"{name} is not set (see the configuration table in README.md)")
+            return value
+
+        def number(name: str, low: int, high: int) -> int:
+            return _int(name, get(name), low, high)
+
+        partitions = number("LEDGERQ_PARTITIONS", 1, 1024)
+        redis_url = get("LEDGERQ_REDIS_URL")
+        log_format = get("LEDGERQ_LOG_FORMAT")
+        if log_format not in ("console", "json"):
+            raise SettingsError(f"LEDGERQ_LOG_FORMAT must be console or json, got {log_format!r}")
+        return cls(
+            database_url=normalize_database_url(get("LEDGERQ_DATABASE_URL")),
+            redis_url=redis_url,
+            broker_url=env.get("LEDGERQ_BROKER_URL") or redis_url,
+            partitions=partitions,
+            worker_partitions=parse_partition_set(
+                "LEDGERQ_WORKER_PARTITIONS", get("LEDGERQ_WORKER_PARTITIONS"), partitions
+            ),
+            api_host=get("LEDGERQ_API_HOST"),
+            api_port=number("LEDGERQ_API_PORT", 1, 65535),
+            api_workers=number("LEDGERQ_API_WORKERS", 1, 64),
+            batch_size=number("LEDGERQ_BATCH_SIZE", 1, 10_000),
+            sweep_interval=float(number("LEDGERQ_SWEEP_INTERVAL", 1, 3600)),
+            sweep_age=float(number("LEDGERQ_SWEEP_AGE", 1, 3600)),
+            max_wait=number("LEDGERQ_MAX_WAIT", 0, 300),
+            db_pool_size=number("LEDGERQ_DB_POOL_SIZE", 1, 500),
+            data_dir=get("LEDGERQ_DATA_DIR"),
+            log_format=log_format,
+            log_level=get("LEDGERQ_LOG_LEVEL").upper(),
+        )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Read the environment once per process; every component asks here."""
+    return Settings.from_env()

@@ -1,0 +1,28 @@
+"""Engines, and the one place database errors are classified (retryable or not)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+# SQLSTATEs worth retrying the whole transaction for: the other side won, nothing was written.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+UNIQUE_VIOLATION = "23505"
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", None) if isinstance(exc, DBAPIError) else exc
+    return getattr(orig, "sqlstate", None)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return sqlstate(exc) in RETRYABLE_SQLSTATES
+
+
+def make_engine(url: str, pool_size: int = 5) -> Engine:
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def make_async_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)

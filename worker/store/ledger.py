@@ -1,0 +1,207 @@
+"""The apply loop's SQL: lock a partition, read its pending batch, lock accounts, write outcomes set-based."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from domain.apply import Applied, Outcome, Rejected
+from domain.model import Account, AccountKind, Operation, OperationType
+from worker.store.tables import accounts, operations
+
+# Advisory locks take (int4, int4): a namespace for ledgerq and the partition number.
+ADVISORY_NAMESPACE = 0x4C51
+_SYSTEM_NAMESPACE = uuid.UUID("6b0f4c1e-2d7a-4d0e-9a51-6c6564676572")
+
+
+def world_account_id(currency: str, shard: int) -> UUID:
+    """Deterministic, so the worker can create a shard on first use without a lookup."""
+    return uuid.uuid5(_SYSTEM_NAMESPACE, f"world:{currency}:{shard}")
+
+
+@dataclass(frozen=True)
+class PendingOperation:
+    operation: Operation
+    category: str | None
+
+
+def lock_partition(conn: Connection, partition: int) -> None:
+    """Serialise appliers of one partition (transaction-scoped; released by commit or crash)."""
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(ADVISORY_NAMESPACE, partition)))
+
+
+def pending_batch(conn: Connection, partition: int, limit: int) -> list[PendingOperation]:
+    # FOR UPDATE makes a concurrent cancel wait for our commit and then see the final status.
+    rows = conn.execute(
+        sa.select(
+            operations.c.id,
+            operations.c.type,
+            operations.c.account_id,
+            operations.c.to_account_id,
+            operations.c.amount,
+            operations.c.currency,
+            operations.c.category,
+        )
+        .where(operations.c.partition == partition, operations.c.status == "pending")
+        .order_by(operations.c.seq)
+        .limit(limit)
+        .with_for_update()
+    ).all()
+    return [
+        PendingOperation(
+            Operation(
+                id=r.id,
+                type=OperationType(r.type),
+                account_id=r.account_id,
+                amount=r.amount,
+                currency=r.currency,
+                to_account_id=r.to_account_id,
+            ),
+            r.category,
+        )
+        for r in rows
+    ]
+
+
+def ensure_world_accounts(
+    conn: Connection, currencies: Iterable[str], shard: int
+) -> dict[str, UUID]:
+    """The per-currency world account of this shard, created on first use."""
+    world = {currency: world_account_id(currency, shard) for currency in sorted(set(currencies))}
+    if world:
+        conn.execute(
+            sa.dialects.postgresql.insert(accounts)
+            .values(
+                [
+                    {
+                        "id": account_id,
+                        "owner_id": None,
+                        "name": f"world {currency} #{shard}",
+                        "kind": AccountKind.WORLD.value,
+                        "currency": currency,
+                        "shard": shard,
+                    }
+                    for currency, account_id in world.items()
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+    return world
+
+
+def lock_accounts(conn: Connection, account_ids: Iterable[UUID]) -> dict[UUID, Account]:
+    """Lock every account of the batch in one statement, in id order, so appliers never deadlock."""
+    ids = sorted(set(account_ids))
+    rows = conn.execute(
+        sa.select(
+            accounts.c.id,
+            accounts.c.kind,
+            accounts.c.currency,
+            accounts.c.balance,
+            accounts.c.overdraft_limit,
+        )
+        .where(accounts.c.id.in_(ids))
+        .order_by(accounts.c.id)
+        .with_for_update()
+    ).all()
+    return {
+        r.id: Account(
+            id=r.id,
+            kind=AccountKind(r.kind),
+            currency=r.currency,
+            balance=r.balance,
+            overdraft_limit=r.overdraft_limit,
+        )
+        for r in rows
+    }
+
+
+_UPDATE_BALANCES = sa.text(
+    """
+    UPDATE accounts AS a SET balance = v.balance, updated_at = clock_timestamp()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:balances AS bigint[])) AS v(id, balance)
+    WHERE a.id = v.id
+    """
+)
+
+_INSERT_ENTRIES = sa.text(
+    """
+    INSERT INTO entries (account_id, operation_id, amount, balance_after, currency, category, created_at)
+    SELECT v.account_id, v.operation_id, v.amount, v.balance_after, v.currency, v.category, clock_timestamp()
+    FROM unnest(
+        CAST(:account_ids AS uuid[]), CAST(:operation_ids AS uuid[]), CAST(:amounts AS bigint[]),
+        CAST(:balances_after AS bigint[]), CAST(:currencies AS text[]), CAST(:categories AS text[])
+    ) WITH ORDINALITY AS v(account_id, operation_id, amount, balance_after, currency, category, n)
+    ORDER BY v.n
+    """
+)
+
+_FINISH_OPERATIONS = sa.text(
+    """
+    UPDATE operations AS o
+    SET status = v.status, error_code = v.error_code, error_message = v.error_message,
+        applied_at = clock_timestamp(), updated_at = clock_timestamp()
+    FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:statuses AS text[]),
+        CAST(:error_codes AS text[]), CAST(:error_messages AS text[])
+    ) AS v(id, status, error_code, error_message)
+    WHERE o.id = v.id AND o.status = 'pending'
+    """
+)
+
+
+def write_outcomes(
+    conn: Connection,
+    batch: Sequence[PendingOperation],
+    outcomes: Sequence[Outcome],
+    changed: dict[UUID, Account],
+) -> None:
+    """Three statements for the whole batch, whatever its size: balances, entries, statuses."""
+    if changed:
+        ids = sorted(changed)
+        conn.execute(_UPDATE_BALANCES, {"ids": ids, "balances": [changed[i].balance for i in ids]})
+
+    by_id = {p.operation.id: p for p in batch}
+    entry_rows: list[tuple[UUID, UUID, int, int, str, str | None]] = []
+    for outcome in outcomes:
+        if isinstance(outcome, Applied):
+            pending = by_id[outcome.operation_id]
+            for posting in outcome.postings:
+                entry_rows.append(
+                    (
+                        posting.account_id,
+                        outcome.operation_id,
+                        posting.amount,
+                        posting.balance_after,
+                        pending.operation.currency,
+                        pending.category,
+                    )
+                )
+    if entry_rows:
+        columns = list(zip(*entry_rows, strict=True))
+        conn.execute(
+            _INSERT_ENTRIES,
+            {
+                "account_ids": list(columns[0]),
+                "operation_ids": list(columns[1]),
+                "amounts": list(columns[2]),
+                "balances_after": list(columns[3]),
+                "currencies": list(columns[4]),
+                "categories": list(columns[5]),
+            },
+        )
+
+    conn.execute(
+        _FINISH_OPERATIONS,
+        {
+            "ids": [o.operation_id for o in outcomes],
+            "statuses": ["succeeded" if isinstance(o, Applied) else "failed" for o in outcomes],
+            "error_codes": [o.code if isinstance(o, Rejected) else None for o in outcomes],
+            "error_messages": [o.message if isinstance(o, Rejected) else None for o in outcomes],
+        },
+    )

@@ -1,0 +1,310 @@
+"""Queries the API runs: users, accounts, operation intake and reads. Async, one statement each where possible."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Unpack
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from worker.store.db import UNIQUE_VIOLATION, sqlstate
+from worker.store.tables import accounts, entries, operations, users
+
+# A result row; columns are read by name (row.balance), so the tuple shape stays open.
+Record = sa.Row[Unpack[tuple[Any, ...]]]
+
+DEBIT_TYPES = ("withdrawal", "transfer")
+
+
+def new_id() -> UUID:
+    """UUIDv7 (RFC 9562): time-ordered, so id order is creation order for cursor pages."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    rand_a, rand_b = rand >> 68, rand & ((1 << 62) - 1)
+    value = (millis & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+    return uuid.UUID(int=value)
+
+
+class UsernameTaken(Exception):
+    """Another user already has this name (names are compared case-insensitively)."""
+
+
+# ---------------------------------------------------------------- users
+
+
+async def create_user(conn: AsyncConnection, username: str, password_hash: str) -> Record:
+    try:
+        return (
+            await conn.execute(
+                insert(users)
+                .values(id=new_id(), username=username, password_hash=password_hash)
+                .returning(users.c.id, users.c.username, users.c.created_at)
+            )
+        ).one()
+    except IntegrityError as exc:
+        if sqlstate(exc) == UNIQUE_VIOLATION:
+            raise UsernameTaken(username) from exc
+        raise
+
+
+async def user_by_username(conn: AsyncConnection, username: str) -> Record | None:
+    return (
+        await conn.execute(
+            sa.select(users.c.id, users.c.username, users.c.password_hash).where(
+                sa.func.lower(users.c.username) == username.lower()
+            )
+        )
+    ).one_or_none()
+
+
+# ---------------------------------------------------------------- accounts
+
+_pending_debits = (
+    sa.select(sa.cast(sa.func.coalesce(sa.func.sum(operations.c.amount), 0), sa.BigInteger))
+    .where(
+        operations.c.account_id == accounts.c.id,
+        operations.c.status == "pending",
+        operations.c.type.in_(DEBIT_TYPES),
+    )
+    .scalar_subquery()
+)
+
+_account_columns = (
+    accounts.c.id,
+    accounts.c.owner_id,
+    accounts.c.name,
+    accounts.c.kind,
+    accounts.c.currency,
+    accounts.c.balance,
+    accounts.c.overdraft_limit,
+    accounts.c.created_at,
+    accounts.c.updated_at,
+    _pending_debits.label("pending_debits"),
+)
+
+
+async def create_account(
+    conn: AsyncConnection, owner_id: UUID, name: str, kind: str, currency: str
+) -> Record:
+    account_id = new_id()
+    await conn.execute(
+        accounts.insert().values(
+            id=account_id, owner_id=owner_id, name=name, kind=kind, currency=currency
+        )
+    )
+    row = await account_for_owner(conn, account_id, owner_id)
+    assert row is not None
+    return row
+
+
+async def account_for_owner(
+    conn: AsyncConnection, account_id: UUID, owner_id: UUID
+) -> Record | None:
+    """The account, only if it belongs to owner_id: anyone else's is indistinguishable from missing."""
+    return (
+        await conn.execute(
+            sa.select(*_account_columns).where(
+                accounts.c.id == account_id, accounts.c.owner_id == owner_id
+            )
+        )
+    ).one_or_none()
+
+
+async def account_by_id(conn: AsyncConnection, account_id: UUID) -> Record | None:
+    return (
+        await conn.execute(
+            sa.select(accounts.c.id, accounts.c.kind, accounts.c.currency).where(
+                accounts.c.id == account_id
+            )
+        )
+    ).one_or_none()
+
+
+async def accounts_for_owner(
+    conn: AsyncConnection, owner_id: UUID, after: UUID | None, limit: int
+) -> Sequence[Record]:
+    query = sa.select(*_account_columns).where(accounts.c.owner_id == owner_id)
+    if after is not None:
+        query = query.where(accounts.c.id > after)
+    return (await conn.execute(query.order_by(accounts.c.id).limit(limit))).all()
+
+
+# ---------------------------------------------------------------- entries
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    category: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+
+async def entries_for_account(
+    conn: AsyncConnection, account_id: UUID, before: int | None, limit: int, filters: EntryFilter
+) -> Sequence[Record]:
+    """Newest first, keyset pages on the entry id (ix_entries_account_id_id)."""
+    query = (
+        sa.select(
+            entries.c.id,
+            entries.c.operation_id,
+            entries.c.amount,
+            entries.c.balance_after,
+            entries.c.currency,
+            entries.c.category,
+            entries.c.created_at,
+            operations.c.type,
+            operations.c.description,
+        )
+        .join(operations, operations.c.id == entries.c.operation_id)
+        .where(entries.c.account_id == account_id)
+    )
+    if before is not None:
+        query = query.where(entries.c.id < before)
+    if filters.category is not None:
+        query = query.where(entries.c.category == filters.category)
+    if filters.since is not None:
+        query = query.where(entries.c.created_at >= filters.since)
+    if filters.until is not None:
+        query = query.where(entries.c.created_at < filters.until)
+    return (await conn.execute(query.order_by(entries.c.id.desc()).limit(limit))).all()
+
+
+# ---------------------------------------------------------------- operations
+
+_operation_columns = (
+    operations.c.id,
+    operations.c.seq,
+    operations.c.principal_id,
+    operations.c.fingerprint,
+    operations.c.type,
+    operations.c.account_id,
+    operations.c.to_account_id,
+    operations.c.amount,
+    operations.c.currency,
+    operations.c.status,
+    operations.c.error_code,
+    operations.c.error_message,
+    operations.c.category,
+    operations.c.description,
+    operations.c.partition,
+    operations.c.created_at,
+    operations.c.updated_at,
+    operations.c.applied_at,
+)
+
+
+@dataclass(frozen=True)
+class NewOperation:
+    principal_id: UUID
+    idempotency_key: str
+    fingerprint: str
+    type: str
+    account_id: UUID
+    to_account_id: UUID | None
+    amount: int
+    currency: str
+    partition: int
+    category: str | None
+    description: str | None
+
+
+async def insert_operation(conn: AsyncConnection, new: NewOperation) -> tuple[Record, bool]:
+    """Store the operation unless the principal already used the key.
+
+    Returns the row and whether it was created now. Two identical requests racing: the unique
+    index makes the second INSERT wait for the first to commit and then do nothing; it reads
+    the winner's row.
+    """
+    created = (
+        await conn.execute(
+            insert(operations)
+            .values(
+                id=new_id(),
+                partition=new.partition,
+                principal_id=new.principal_id,
+                idempotency_key=new.idempotency_key,
+                fingerprint=new.fingerprint,
+                type=new.type,
+                account_id=new.account_id,
+                to_account_id=new.to_account_id,
+                amount=new.amount,
+                currency=new.currency,
+                category=new.category,
+                description=new.description,
+            )
+            .on_conflict_do_nothing(index_elements=["principal_id", "idempotency_key"])
+            .returning(*_operation_columns)
+        )
+    ).one_or_none()
+    if created is not None:
+        return created, True
+    existing = (
+        await conn.execute(
+            sa.select(*_operation_columns).where(
+                operations.c.principal_id == new.principal_id,
+                operations.c.idempotency_key == new.idempotency_key,
+            )
+        )
+    ).one()
+    return existing, False
+
+
+async def operation_for_principal(
+    conn: AsyncConnection, operation_id: UUID, principal_id: UUID
+) -> Record | None:
+    return (
+        await conn.execute(
+            sa.select(*_operation_columns).where(
+                operations.c.id == operation_id, operations.c.principal_id == principal_id
+            )
+        )
+    ).one_or_none()
+
+
+async def operations_for_principal(
+    conn: AsyncConnection,
+    principal_id: UUID,
+    before_seq: int | None,
+    limit: int,
+    account_id: UUID | None = None,
+    status: str | None = None,
+) -> Sequence[Record]:
+    """Newest first (by seq), keyset pages."""
+    query = sa.select(*_operation_columns).where(operations.c.principal_id == principal_id)
+    if before_seq is not None:
+        query = query.where(operations.c.seq < before_seq)
+    if account_id is not None:
+        query = query.where(
+            sa.or_(operations.c.account_id == account_id, operations.c.to_account_id == account_id)
+        )
+    if status is not None:
+        query = query.where(operations.c.status == status)
+    return (await conn.execute(query.order_by(operations.c.seq.desc()).limit(limit))).all()
+
+
+async def cancel_operation(
+    conn: AsyncConnection, operation_id: UUID, principal_id: UUID
+) -> Record | None:
+    """Cancel only while pending. If the worker holds the row, this waits for its commit and
+    then finds the operation no longer pending."""
+    return (
+        await conn.execute(
+            operations.update()
+            .where(
+                operations.c.id == operation_id,
+                operations.c.principal_id == principal_id,
+                operations.c.status == "pending",
+            )
+            .values(status="cancelled", updated_at=sa.func.clock_timestamp())
+            .returning(*_operation_columns)
+        )
+    ).one_or_none()

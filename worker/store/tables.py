@@ -1,0 +1,123 @@
+"""The ledger's schema: SQLAlchemy Core tables, the source Alembic compares migrations against."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import UUID
+
+# Stable constraint names, so migrations can refer to them and autogenerate stays quiet.
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _timestamp(name: str, nullable: bool = False) -> sa.Column[object]:
+    server_default = None if nullable else sa.func.now()
+    return sa.Column(
+        name, sa.DateTime(timezone=True), nullable=nullable, server_default=server_default
+    )
+
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("username", sa.Text, nullable=False),
+    sa.Column("password_hash", sa.Text, nullable=False),
+    _timestamp("created_at"),
+    # Case-insensitive uniqueness: "Alice" and "alice" are the same user.
+    sa.Index("uq_users_username_lower", sa.func.lower(sa.text("username")), unique=True),
+)
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    # NULL for system accounts (world, custody), which belong to no user.
+    sa.Column("owner_id", UUID(as_uuid=True), sa.ForeignKey("users.id"), nullable=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("balance", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("overdraft_limit", sa.BigInteger, nullable=False, server_default="0"),
+    # System accounts are sharded by partition so partitions never contend on one hot row.
+    sa.Column("shard", sa.SmallInteger, nullable=True),
+    _timestamp("created_at"),
+    _timestamp("updated_at"),
+    sa.CheckConstraint("kind IN ('checking', 'savings', 'world', 'custody')", name="kind"),
+    sa.CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency"),
+    sa.CheckConstraint("overdraft_limit >= 0", name="overdraft_limit"),
+    # The last line of defence: a customer balance never passes its overdraft floor.
+    sa.CheckConstraint(
+        "kind IN ('world', 'custody') OR balance >= -overdraft_limit", name="balance_floor"
+    ),
+    sa.Index("ix_accounts_owner_id_id", "owner_id", "id"),
+)
+
+operations = sa.Table(
+    "operations",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    # Apply order within a partition; the identity never repeats.
+    sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False, unique=True),
+    sa.Column("partition", sa.SmallInteger, nullable=False),
+    sa.Column("principal_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("idempotency_key", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("to_account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("error_code", sa.Text, nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("category", sa.Text, nullable=True),
+    sa.Column("description", sa.Text, nullable=True),
+    _timestamp("created_at"),
+    _timestamp("updated_at"),
+    _timestamp("applied_at", nullable=True),
+    sa.CheckConstraint("amount > 0", name="amount_positive"),
+    sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed', 'cancelled')", name="status"),
+    sa.CheckConstraint("type IN ('deposit', 'withdrawal', 'transfer')", name="type"),
+    sa.UniqueConstraint("principal_id", "idempotency_key"),
+    # The apply loop's work list: small, because only pending rows are in it.
+    sa.Index(
+        "ix_operations_pending_partition_seq",
+        "partition",
+        "seq",
+        postgresql_where=sa.text("status = 'pending'"),
+    ),
+    # available_balance: pending debits of one account.
+    sa.Index(
+        "ix_operations_pending_account_id",
+        "account_id",
+        postgresql_where=sa.text("status = 'pending'"),
+    ),
+    sa.Index("ix_operations_principal_id_seq", "principal_id", "seq"),
+    sa.Index("ix_operations_account_id_seq", "account_id", "seq"),
+    sa.Index("ix_operations_to_account_id_seq", "to_account_id", "seq"),
+)
+
+entries = sa.Table(
+    "entries",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("operation_id", UUID(as_uuid=True), sa.ForeignKey("operations.id"), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("balance_after", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("category", sa.Text, nullable=True),
+    _timestamp("created_at"),
+    # History pages walk this index newest first; ids grow in apply order per account
+    # because entries of an account are written while its row is locked.
+    sa.Index("ix_entries_account_id_id", "account_id", "id"),
+    sa.Index("ix_entries_operation_id", "operation_id"),
+)

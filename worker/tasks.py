@@ -1,0 +1,91 @@
+"""Celery tasks: the drain doorbell of a partition and the sweeper."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import redis
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from worker.apply_loop import drain_partition
+from worker.celery_app import app
+from worker.doorbell import clear_bell, hold_bell
+from worker.events import publish_completions
+from worker.routing import DRAIN_TASK, SWEEP_TASK
+from worker.settings import get_settings
+from worker.store.db import make_engine
+from worker.sweeper import stale_partitions
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    engine: Engine
+    redis: redis.Redis
+
+
+@functools.cache
+def resources() -> Resources:
+    """Per process, created on first use: pool children must not share their parent's sockets."""
+    settings = get_settings()
+    return Resources(
+        engine=make_engine(settings.database_url, pool_size=2),
+        redis=redis.Redis.from_url(settings.redis_url),
+    )
+
+
+def ring(partition: int) -> None:
+    """Queue a drain message for the partition (the router sends it to the partition's queue)."""
+    app.send_task(DRAIN_TASK, args=[partition])
+
+
+@app.task(
+    name=DRAIN_TASK,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=None,
+    acks_late=True,
+)
+def drain(partition: int) -> int:
+    """Apply everything pending in the partition. Duplicates and redeliveries find nothing to do."""
+    res = resources()
+    settings = get_settings()
+    # Clear before reading: an operation committed after this point rings a new bell.
+    clear_bell(res.redis, partition)
+    result = drain_partition(
+        res.engine,
+        partition,
+        settings.batch_size,
+        publish=lambda done: publish_completions(res.redis, done),
+    )
+    if result.more_pending:
+        # Yield to the other partitions this worker owns; come back through the queue.
+        hold_bell(res.redis, partition)
+        ring(partition)
+    if result.completed:
+        log.info(
+            "partition_drained",
+            partition=partition,
+            completed=result.completed,
+            batches=result.batches,
+            more_pending=result.more_pending,
+        )
+    return result.completed
+
+
+@app.task(name=SWEEP_TASK, acks_late=True)
+def sweep() -> list[int]:
+    """Ring every partition whose pending operations are older than LEDGERQ_SWEEP_AGE."""
+    settings = get_settings()
+    with resources().engine.connect() as conn:
+        partitions = stale_partitions(conn, settings.sweep_age)
+    for partition in partitions:
+        ring(partition)
+    if partitions:
+        log.info("sweeper_rang", partitions=partitions)
+    return partitions
