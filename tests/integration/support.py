@@ -185,6 +185,7 @@ def insert_pending(
     op_type: str = "deposit",
     currency: str = "USD",
     partitions: int = 8,
+    to_account_id: UUID | str | None = None,
 ) -> list[UUID]:
     """Commit operations as pending without ringing any bell, as if the API died after its INSERT."""
     account = UUID(str(account_id))
@@ -200,6 +201,7 @@ def insert_pending(
                 "fingerprint": request_fingerprint({"k": k}),
                 "type": op_type,
                 "account_id": account,
+                "to_account_id": UUID(str(to_account_id)) if to_account_id else None,
                 "amount": amount,
                 "currency": currency,
             }

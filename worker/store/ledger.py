@@ -36,7 +36,7 @@ def lock_partition(conn: Connection, partition: int) -> None:
 
 
 def pending_batch(conn: Connection, partition: int, limit: int) -> list[PendingOperation]:
-    # FOR UPDATE makes a concurrent cancel wait for our commit and then see the final status.
+    # The row lock makes a concurrent cancel wait for our commit and then see the final status.
     rows = conn.execute(
         sa.select(
             operations.c.id,
@@ -50,7 +50,7 @@ def pending_batch(conn: Connection, partition: int, limit: int) -> list[PendingO
         .where(operations.c.partition == partition, operations.c.status == "pending")
         .order_by(operations.c.seq)
         .limit(limit)
-        .with_for_update()
+        .with_for_update(key_share=True)
     ).all()
     return [
         PendingOperation(
@@ -95,7 +95,11 @@ def ensure_world_accounts(
 
 
 def lock_accounts(conn: Connection, account_ids: Iterable[UUID]) -> dict[UUID, Account]:
-    """Lock every account of the batch in one statement, in id order, so appliers never deadlock."""
+    """Lock every account of the batch in one statement, in id order, so appliers never deadlock.
+
+    FOR NO KEY UPDATE, not FOR UPDATE: the API's INSERT of an operation takes KEY SHARE locks on
+    the accounts it references (foreign keys), and those must never wait for an applier.
+    """
     ids = sorted(set(account_ids))
     rows = conn.execute(
         sa.select(
@@ -107,7 +111,7 @@ def lock_accounts(conn: Connection, account_ids: Iterable[UUID]) -> dict[UUID, A
         )
         .where(accounts.c.id.in_(ids))
         .order_by(accounts.c.id)
-        .with_for_update()
+        .with_for_update(key_share=True)
     ).all()
     return {
         r.id: Account(
