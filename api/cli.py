@@ -410,7 +410,6 @@ def _banner(settings: Settings, data_dir: Path) -> None:
 
 def _supervise(settings: Settings, data_dir: Path, stop: _Stop) -> int:
     """Run api, worker and beat until a signal (exit 0) or until one of them exits (exit 1)."""
-    _check_port_free(settings.api_host, settings.api_port)
     children: dict[str, _Child] = {}
     try:
         children["worker"] = _spawn("worker", ["--partitions", "all"])
@@ -456,6 +455,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     servers = _embedded_servers(data_dir)
     try:
         settings = _dev_environment(data_dir)
+        _check_port_free(settings.api_host, settings.api_port)
         if stop.event.is_set():
             return 0
         _say("dev", "migrating the database to the latest revision")
