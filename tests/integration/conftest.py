@@ -77,7 +77,9 @@ def redis_url(server_urls: tuple[str, str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def service_env(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def service_env(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """Environment for every process of the system under test (and for this process)."""
     env = {
         "LEDGERQ_DATABASE_URL": database_url,
@@ -126,7 +128,9 @@ def beat(service_env: dict[str, str], logs_dir: Path) -> Iterator[Process]:
 
 
 @pytest.fixture(scope="session")
-def api_url(service_env: dict[str, str], logs_dir: Path, worker: Process, beat: Process) -> Iterator[str]:
+def api_url(
+    service_env: dict[str, str], logs_dir: Path, worker: Process, beat: Process
+) -> Iterator[str]:
     """A real API process (uvicorn), with the worker and beat running behind it."""
     port = free_port()
     env = {**service_env, "LEDGERQ_API_PORT": str(port)}
@@ -153,4 +157,3 @@ async def alice(http: httpx.AsyncClient) -> LedgerClient:
 @pytest.fixture
 async def bob(http: httpx.AsyncClient) -> LedgerClient:
     return await LedgerClient.register(http, "bob")
-

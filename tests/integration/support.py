@@ -40,7 +40,7 @@ class Process:
 
     def start(self) -> None:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [sys.executable, *self.args],
             cwd=ROOT,
             env=self.env,
@@ -61,12 +61,16 @@ class Process:
                 return
             self.assert_alive()
             time.sleep(0.1)
-        raise AssertionError(f"{self.name} did not log {needle!r} in {timeout}s:\n{self.log_text()[-3000:]}")
+        raise AssertionError(
+            f"{self.name} did not log {needle!r} in {timeout}s:\n{self.log_text()[-3000:]}"
+        )
 
     def assert_alive(self) -> None:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            raise AssertionError(
+                f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}"
+            )
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the parent and any pool children, no goodbye."""
@@ -117,7 +121,9 @@ class LedgerClient:
     @classmethod
     async def register(cls, http: httpx.AsyncClient, prefix: str) -> LedgerClient:
         username = f"{prefix}-{secrets.token_hex(4)}"
-        r = await http.post("/api/v1/auth/register", json={"username": username, "password": PASSWORD})
+        r = await http.post(
+            "/api/v1/auth/register", json={"username": username, "password": PASSWORD}
+        )
         assert r.status_code == 201, r.text
         return cls(http, username, r.json()["id"])
 
@@ -126,7 +132,9 @@ class LedgerClient:
 
     async def create_account(self, currency: str = "USD", kind: str = "checking") -> str:
         r = await self.request(
-            "POST", "/api/v1/accounts", json={"name": f"{kind} {currency}", "type": kind, "currency": currency}
+            "POST",
+            "/api/v1/accounts",
+            json={"name": f"{kind} {currency}", "type": kind, "currency": currency},
         )
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
@@ -139,7 +147,9 @@ class LedgerClient:
     async def balance(self, account_id: str) -> str:
         return str((await self.account(account_id))["balance"])
 
-    async def submit(self, body: dict[str, Any], idempotency_key: str | None = None, **headers: str) -> httpx.Response:
+    async def submit(
+        self, body: dict[str, Any], idempotency_key: str | None = None, **headers: str
+    ) -> httpx.Response:
         return await self.request(
             "POST",
             "/api/v1/operations",
@@ -152,23 +162,29 @@ class LedgerClient:
         assert r.status_code == 202, r.text
         return str(r.json()["id"])
 
-    async def wait(self, operation_id: str, timeout: float = 60) -> dict[str, Any]:
+    async def wait(self, operation_id: str, within: float = 60) -> dict[str, Any]:
         """Poll with Prefer: wait until the operation is final."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while True:
-            r = await self.request("GET", f"/api/v1/operations/{operation_id}", headers={"Prefer": "wait=10"})
+            r = await self.request(
+                "GET", f"/api/v1/operations/{operation_id}", headers={"Prefer": "wait=10"}
+            )
             assert r.status_code == 200, r.text
             body = dict(r.json())
             if body["status"] in TERMINAL:
                 return body
             if time.monotonic() > deadline:
-                raise AssertionError(f"operation {operation_id} still {body['status']} after {timeout}s")
+                raise AssertionError(
+                    f"operation {operation_id} still {body['status']} after {within}s"
+                )
 
-    async def wait_all(self, operation_ids: list[str], timeout: float = 120) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(self.wait(i, timeout) for i in operation_ids)))
+    async def wait_all(self, operation_ids: list[str], within: float = 120) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self.wait(i, within) for i in operation_ids)))
 
     async def deposit(self, account_id: str, amount: str, **extra: Any) -> dict[str, Any]:
-        op = await self.submit_ok({"type": "deposit", "account_id": account_id, "amount": amount, **extra})
+        op = await self.submit_ok(
+            {"type": "deposit", "account_id": account_id, "amount": amount, **extra}
+        )
         result = await self.wait(op)
         assert result["status"] == "succeeded", result
         return result
@@ -216,13 +232,17 @@ def wait_terminal(engine: Engine, ids: list[UUID], timeout: float = 60) -> dict[
     while True:
         with engine.connect() as conn:
             statuses = dict(
-                conn.execute(sa.select(operations.c.id, operations.c.status).where(operations.c.id.in_(ids))).all()
+                conn.execute(
+                    sa.select(operations.c.id, operations.c.status).where(operations.c.id.in_(ids))
+                ).all()
             )
         if all(s in TERMINAL for s in statuses.values()) and len(statuses) == len(ids):
             return statuses
         if time.monotonic() > deadline:
             pending = sum(1 for s in statuses.values() if s == "pending")
-            raise AssertionError(f"{pending} of {len(ids)} operations still pending after {timeout}s")
+            raise AssertionError(
+                f"{pending} of {len(ids)} operations still pending after {timeout}s"
+            )
         time.sleep(0.1)
 
 
@@ -273,4 +293,6 @@ def assert_ledger_consistent(engine: Engine) -> None:
                 """
             )
         ).all()
-        assert per_operation == [], f"operations applied other than exactly once: {per_operation[:5]}"
+        assert per_operation == [], (
+            f"operations applied other than exactly once: {per_operation[:5]}"
+        )

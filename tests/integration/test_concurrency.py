@@ -11,14 +11,22 @@ from uuid import UUID
 import pytest
 from sqlalchemy import Engine
 
-from tests.integration.support import LedgerClient, Process, assert_ledger_consistent, insert_pending, wait_terminal
+from tests.integration.support import (
+    LedgerClient,
+    Process,
+    assert_ledger_consistent,
+    insert_pending,
+    wait_terminal,
+)
 from worker.apply_loop import drain_partition
 from worker.routing import partition_for
 from worker.store.db import make_engine
 
 
 @pytest.fixture
-def second_worker(service_env: dict[str, str], logs_dir: Path, worker: Process) -> Iterator[Process]:
+def second_worker(
+    service_env: dict[str, str], logs_dir: Path, worker: Process
+) -> Iterator[Process]:
     """Another worker on the same queues: partitions are now drained in parallel by two processes."""
     process = Process("worker-2", ["-m", "api.cli", "worker"], service_env, logs_dir)
     process.start()
@@ -43,7 +51,9 @@ async def test_transfers_both_ways_between_two_accounts(
     await alice.deposit(b, "100.00")
     there = {"type": "transfer", "account_id": a, "to_account_id": b, "amount": "1.00"}
     back = {"type": "transfer", "account_id": b, "to_account_id": a, "amount": "1.00"}
-    responses = await asyncio.gather(*(alice.submit(body) for _ in range(100) for body in (there, back)))
+    responses = await asyncio.gather(
+        *(alice.submit(body) for _ in range(100) for body in (there, back))
+    )
     assert {r.status_code for r in responses} == {202}
     results = await alice.wait_all([r.json()["id"] for r in responses])
     assert {r["status"] for r in results} == {"succeeded"}
@@ -58,7 +68,12 @@ async def test_ring_of_transfers_across_partitions(
     for account in ring:
         await alice.deposit(account, "10.00")
     bodies = [
-        {"type": "transfer", "account_id": ring[i], "to_account_id": ring[(i + 1) % 4], "amount": "0.25"}
+        {
+            "type": "transfer",
+            "account_id": ring[i],
+            "to_account_id": ring[(i + 1) % 4],
+            "amount": "0.25",
+        }
         for i in range(4)
     ]
     responses = await asyncio.gather(*(alice.submit(body) for _ in range(40) for body in bodies))
@@ -68,7 +83,9 @@ async def test_ring_of_transfers_across_partitions(
     assert_ledger_consistent(engine)
 
 
-async def test_appliers_of_different_partitions_lock_in_order(alice: LedgerClient, engine: Engine) -> None:
+async def test_appliers_of_different_partitions_lock_in_order(
+    alice: LedgerClient, engine: Engine
+) -> None:
     """Four apply loops in threads, one per partition, each crediting the next partition's account."""
     ring = await accounts_in_distinct_partitions(alice, 4)
     for account in ring:
@@ -76,7 +93,12 @@ async def test_appliers_of_different_partitions_lock_in_order(alice: LedgerClien
     ids: list[UUID] = []
     for i, account in enumerate(ring):
         ids += insert_pending(
-            engine, alice.user_id, account, [1] * 400, op_type="transfer", to_account_id=ring[(i + 1) % 4]
+            engine,
+            alice.user_id,
+            account,
+            [1] * 400,
+            op_type="transfer",
+            to_account_id=ring[(i + 1) % 4],
         )
     url = engine.url.render_as_string(hide_password=False)
     errors: list[BaseException] = []
@@ -84,7 +106,9 @@ async def test_appliers_of_different_partitions_lock_in_order(alice: LedgerClien
     def run(account: str) -> None:
         e = make_engine(url)
         try:
-            drain_partition(e, partition_for(UUID(account), 8), 16, publish=lambda done: None, time_budget=60)
+            drain_partition(
+                e, partition_for(UUID(account), 8), 16, publish=lambda done: None, time_budget=60
+            )
         except BaseException as exc:  # surfaced below
             errors.append(exc)
         finally:

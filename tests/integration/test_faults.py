@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from uuid import UUID
@@ -26,18 +27,26 @@ from worker.store.tables import operations
 
 def balance_minor(engine: Engine, account_id: str) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(sa.text("SELECT balance FROM accounts WHERE id = :id"), {"id": account_id}).scalar_one())
+        return int(
+            conn.execute(
+                sa.text("SELECT balance FROM accounts WHERE id = :id"), {"id": account_id}
+            ).scalar_one()
+        )
 
 
 def statuses(engine: Engine, ids: list[UUID]) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(operations.c.status, sa.func.count()).where(operations.c.id.in_(ids)).group_by(operations.c.status)
+            sa.select(operations.c.status, sa.func.count())
+            .where(operations.c.id.in_(ids))
+            .group_by(operations.c.status)
         ).all()
     return {r[0]: r[1] for r in rows}
 
 
-async def test_doorbell_delivered_twice_applies_once(alice: LedgerClient, engine: Engine, worker: Process) -> None:
+async def test_doorbell_delivered_twice_applies_once(
+    alice: LedgerClient, engine: Engine, worker: Process
+) -> None:
     account = await alice.create_account()
     ids = insert_pending(engine, alice.user_id, account, [100] * 50)
     partition = partition_for(UUID(account), 8)
@@ -50,7 +59,9 @@ async def test_doorbell_delivered_twice_applies_once(alice: LedgerClient, engine
     assert_ledger_consistent(engine)
 
 
-async def test_two_apply_loops_on_one_partition_apply_once(alice: LedgerClient, engine: Engine) -> None:
+async def test_two_apply_loops_on_one_partition_apply_once(
+    alice: LedgerClient, engine: Engine
+) -> None:
     """The advisory lock serialises appliers: run the loop twice at once, in two threads."""
     account = await alice.create_account()
     deposits = insert_pending(engine, alice.user_id, account, [1000] * 300)
@@ -105,7 +116,7 @@ async def test_worker_killed_mid_batch_loses_nothing_and_applies_once(
     deadline = time.monotonic() + 60
     while statuses(engine, ids).get("pending", 0) == len(ids):
         assert time.monotonic() < deadline, "the worker never started applying"
-        time.sleep(0.01)
+        await asyncio.sleep(0.01)
     worker.kill()
     left = statuses(engine, ids).get("pending", 0)
     assert 0 < left < len(ids), "the kill should land while work remains"

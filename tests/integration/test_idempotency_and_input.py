@@ -18,7 +18,9 @@ def operation_count(engine: Engine, principal_id: str) -> int:
     with engine.connect() as conn:
         return int(
             conn.execute(
-                sa.select(sa.func.count()).select_from(operations).where(operations.c.principal_id == principal_id)
+                sa.select(sa.func.count())
+                .select_from(operations)
+                .where(operations.c.principal_id == principal_id)
             ).scalar_one()
         )
 
@@ -85,14 +87,18 @@ async def test_same_key_different_body_is_422(alice: LedgerClient, engine: Engin
     assert operation_count(engine, alice.user_id) == 1
 
 
-async def test_twenty_concurrent_identical_requests_make_one_operation(alice: LedgerClient, engine: Engine) -> None:
+async def test_twenty_concurrent_identical_requests_make_one_operation(
+    alice: LedgerClient, engine: Engine
+) -> None:
     account = await alice.create_account()
     body = {"type": "deposit", "account_id": account, "amount": "3.00"}
     k = key()
     responses = await asyncio.gather(*(alice.submit(body, k) for _ in range(20)))
     assert sorted(r.status_code for r in responses) == [200] * 19 + [202]
     assert len({r.json()["id"] for r in responses}) == 1
-    assert all(r.headers.get("Idempotent-Replayed") == "true" for r in responses if r.status_code == 200)
+    assert all(
+        r.headers.get("Idempotent-Replayed") == "true" for r in responses if r.status_code == 200
+    )
     await alice.wait(responses[0].json()["id"])
     assert await alice.balance(account) == "3.00"
     assert operation_count(engine, alice.user_id) == 1
@@ -122,14 +128,28 @@ BAD_BODIES: list[tuple[str, dict[str, Any], int, str, str | None]] = [
     ("unknown type", {"type": "mint"}, 422, "validation_error", "type"),
     ("unknown field", {"currency": "USD"}, 422, "validation_error", None),
     ("bad account id", {"account_id": "nope"}, 422, "validation_error", "account_id"),
-    ("deposit with a target", {"to_account_id": "00000000-0000-7000-8000-000000000000"}, 422, "validation_error", "to_account_id"),
+    (
+        "deposit with a target",
+        {"to_account_id": "00000000-0000-7000-8000-000000000000"},
+        422,
+        "validation_error",
+        "to_account_id",
+    ),
     ("description too long", {"description": "x" * 501}, 422, "validation_error", "description"),
 ]
 
 
-@pytest.mark.parametrize(("name", "change", "status", "code", "field"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+@pytest.mark.parametrize(
+    ("name", "change", "status", "code", "field"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES]
+)
 async def test_bad_operation_bodies_change_nothing(
-    alice: LedgerClient, engine: Engine, name: str, change: dict[str, Any], status: int, code: str, field: str | None
+    alice: LedgerClient,
+    engine: Engine,
+    name: str,
+    change: dict[str, Any],
+    status: int,
+    code: str,
+    field: str | None,
 ) -> None:
     account = await alice.create_account()
     body: dict[str, Any] = {"type": "deposit", "account_id": account, "amount": "1.00", **change}
@@ -142,7 +162,9 @@ async def test_bad_operation_bodies_change_nothing(
     assert await alice.balance(account) == "0.00"
 
 
-async def test_bad_transfers_and_foreign_accounts(alice: LedgerClient, bob: LedgerClient, engine: Engine) -> None:
+async def test_bad_transfers_and_foreign_accounts(
+    alice: LedgerClient, bob: LedgerClient, engine: Engine
+) -> None:
     a = await alice.create_account("USD")
     a_eur = await alice.create_account("EUR")
     b = await bob.create_account("USD")
@@ -153,26 +175,42 @@ async def test_bad_transfers_and_foreign_accounts(alice: LedgerClient, bob: Ledg
     transfer = {"type": "transfer", "account_id": a, "amount": "1.00"}
     assert_problem(await alice.submit(transfer), 422, "validation_error")
     assert_problem(await alice.submit({**transfer, "to_account_id": a}), 422, "same_account")
-    assert_problem(await alice.submit({**transfer, "to_account_id": a_eur}), 422, "currency_mismatch")
+    assert_problem(
+        await alice.submit({**transfer, "to_account_id": a_eur}), 422, "currency_mismatch"
+    )
     missing = "01890000-0000-7000-8000-000000000000"
-    assert_problem(await alice.submit({**transfer, "to_account_id": missing}), 422, "account_not_found")
+    assert_problem(
+        await alice.submit({**transfer, "to_account_id": missing}), 422, "account_not_found"
+    )
     # Debiting someone else's account: 404, as if it did not exist.
     assert_problem(
-        await alice.submit({"type": "withdrawal", "account_id": b, "amount": "1.00"}), 404, "account_not_found"
+        await alice.submit({"type": "withdrawal", "account_id": b, "amount": "1.00"}),
+        404,
+        "account_not_found",
     )
     assert_problem(
-        await alice.submit({"type": "transfer", "account_id": b, "to_account_id": a, "amount": "1.00"}),
+        await alice.submit(
+            {"type": "transfer", "account_id": b, "to_account_id": a, "amount": "1.00"}
+        ),
         404,
         "account_not_found",
     )
     assert_problem(await alice.request("GET", f"/api/v1/accounts/{b}"), 404, "account_not_found")
-    assert_problem(await alice.request("GET", f"/api/v1/accounts/{b}/entries"), 404, "account_not_found")
     assert_problem(
-        await alice.request("GET", "/api/v1/operations", params={"account_id": b}), 404, "account_not_found"
+        await alice.request("GET", f"/api/v1/accounts/{b}/entries"), 404, "account_not_found"
+    )
+    assert_problem(
+        await alice.request("GET", "/api/v1/operations", params={"account_id": b}),
+        404,
+        "account_not_found",
     )
     bob_op = (await bob.request("GET", "/api/v1/operations")).json()["items"][0]["id"]
-    assert_problem(await alice.request("GET", f"/api/v1/operations/{bob_op}"), 404, "operation_not_found")
-    assert_problem(await alice.request("DELETE", f"/api/v1/operations/{bob_op}"), 404, "operation_not_found")
+    assert_problem(
+        await alice.request("GET", f"/api/v1/operations/{bob_op}"), 404, "operation_not_found"
+    )
+    assert_problem(
+        await alice.request("DELETE", f"/api/v1/operations/{bob_op}"), 404, "operation_not_found"
+    )
 
     assert operation_count(engine, alice.user_id) == before
     assert await alice.balance(a) == "5.00"
@@ -190,17 +228,29 @@ async def test_malformed_requests(alice: LedgerClient, http: httpx.AsyncClient) 
     assert r.headers["content-type"].startswith("application/problem+json")
 
     assert_problem(
-        await alice.request("POST", "/api/v1/accounts", json={"name": "x", "type": "checking", "currency": "XYZ"}),
+        await alice.request(
+            "POST", "/api/v1/accounts", json={"name": "x", "type": "checking", "currency": "XYZ"}
+        ),
         422,
         "unknown_currency",
     )
     assert_problem(
-        await alice.request("POST", "/api/v1/accounts", json={"name": "x", "type": "brokerage", "currency": "USD"}),
+        await alice.request(
+            "POST", "/api/v1/accounts", json={"name": "x", "type": "brokerage", "currency": "USD"}
+        ),
         422,
         "validation_error",
     )
-    assert_problem(await alice.request("GET", "/api/v1/accounts", params={"limit": 501}), 422, "validation_error")
-    assert_problem(await alice.request("GET", "/api/v1/accounts", params={"cursor": "garbage"}), 422, "invalid_cursor")
+    assert_problem(
+        await alice.request("GET", "/api/v1/accounts", params={"limit": 501}),
+        422,
+        "validation_error",
+    )
+    assert_problem(
+        await alice.request("GET", "/api/v1/accounts", params={"cursor": "garbage"}),
+        422,
+        "invalid_cursor",
+    )
     assert_problem(await http.get("/api/v1/accounts"), 401, "unauthenticated")
     r = await http.get("/api/v1/accounts", auth=(alice.username, "wrong-password-123"))
     body = assert_problem(r, 401, "unauthenticated")
@@ -209,7 +259,9 @@ async def test_malformed_requests(alice: LedgerClient, http: httpx.AsyncClient) 
 
 
 async def test_register_rules(http: httpx.AsyncClient, alice: LedgerClient) -> None:
-    r = await http.post("/api/v1/auth/register", json={"username": alice.username.upper(), "password": "x" * 12})
+    r = await http.post(
+        "/api/v1/auth/register", json={"username": alice.username.upper(), "password": "x" * 12}
+    )
     assert_problem(r, 409, "username_taken")
     r = await http.post("/api/v1/auth/register", json={"username": "shorty", "password": "short"})
     assert_problem(r, 422, "validation_error")

@@ -32,7 +32,9 @@ def test_upgrade_from_empty_matches_metadata_and_downgrades(empty_database: str)
     assert current_revision(empty_database) == head_revision()
     engine = sa.create_engine(empty_database, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), metadata
+        )
         assert diff == [], f"migrations and worker/store/tables.py disagree: {diff}"
 
     downgrade(empty_database)
@@ -43,5 +45,7 @@ def test_upgrade_from_empty_matches_metadata_and_downgrades(empty_database: str)
 
     upgrade(empty_database)
     with engine.connect() as conn:
-        assert {"users", "accounts", "operations", "entries"} <= set(sa.inspect(conn).get_table_names())
+        assert {"users", "accounts", "operations", "entries"} <= set(
+            sa.inspect(conn).get_table_names()
+        )
     engine.dispose()

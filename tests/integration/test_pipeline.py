@@ -12,10 +12,18 @@ from tests.integration.support import LedgerClient, assert_ledger_consistent, ke
 from worker.store.tables import operations
 
 
-async def test_submit_poll_succeeded_balances_and_entries(alice: LedgerClient, engine: Engine) -> None:
+async def test_submit_poll_succeeded_balances_and_entries(
+    alice: LedgerClient, engine: Engine
+) -> None:
     account = await alice.create_account("USD")
     r = await alice.submit(
-        {"type": "deposit", "account_id": account, "amount": "100.00", "category": "salary", "description": "Nov"}
+        {
+            "type": "deposit",
+            "account_id": account,
+            "amount": "100.00",
+            "category": "salary",
+            "description": "Nov",
+        }
     )
     assert r.status_code == 202
     assert r.headers["Location"] == f"/api/v1/operations/{r.json()['id']}"
@@ -26,7 +34,9 @@ async def test_submit_poll_succeeded_balances_and_entries(alice: LedgerClient, e
     assert done["amount"] == "100.00"
     assert done["applied_at"] is not None
 
-    withdrawal = await alice.submit_ok({"type": "withdrawal", "account_id": account, "amount": "25.50"})
+    withdrawal = await alice.submit_ok(
+        {"type": "withdrawal", "account_id": account, "amount": "25.50"}
+    )
     assert (await alice.wait(withdrawal))["status"] == "succeeded"
 
     acc = await alice.account(account)
@@ -44,11 +54,15 @@ async def test_submit_poll_succeeded_balances_and_entries(alice: LedgerClient, e
     assert_ledger_consistent(engine)
 
 
-async def test_transfer_moves_money_between_users(alice: LedgerClient, bob: LedgerClient, engine: Engine) -> None:
+async def test_transfer_moves_money_between_users(
+    alice: LedgerClient, bob: LedgerClient, engine: Engine
+) -> None:
     a = await alice.create_account("EUR")
     b = await bob.create_account("EUR")
     await alice.deposit(a, "10.00")
-    op = await alice.submit_ok({"type": "transfer", "account_id": a, "to_account_id": b, "amount": "3.33"})
+    op = await alice.submit_ok(
+        {"type": "transfer", "account_id": a, "to_account_id": b, "amount": "3.33"}
+    )
     assert (await alice.wait(op))["status"] == "succeeded"
     assert await alice.balance(a) == "6.67"
     assert await bob.balance(b) == "3.33"
@@ -79,7 +93,9 @@ async def test_insufficient_funds_fails_with_code(alice: LedgerClient) -> None:
 
 async def test_prefer_wait_on_submit_answers_final_state(alice: LedgerClient) -> None:
     account = await alice.create_account()
-    r = await alice.submit({"type": "deposit", "account_id": account, "amount": "1.00"}, Prefer="wait=10")
+    r = await alice.submit(
+        {"type": "deposit", "account_id": account, "amount": "1.00"}, Prefer="wait=10"
+    )
     assert r.status_code == 200
     assert r.headers["Preference-Applied"] == "wait=10"
     assert r.json()["status"] == "succeeded"
@@ -88,7 +104,9 @@ async def test_prefer_wait_on_submit_answers_final_state(alice: LedgerClient) ->
 async def test_prefer_wait_is_capped(alice: LedgerClient) -> None:
     account = await alice.create_account()
     op = await alice.submit_ok({"type": "deposit", "account_id": account, "amount": "1.00"})
-    r = await alice.request("GET", f"/api/v1/operations/{op}", headers={"Prefer": "respond-async, wait=300"})
+    r = await alice.request(
+        "GET", f"/api/v1/operations/{op}", headers={"Prefer": "respond-async, wait=300"}
+    )
     assert r.status_code == 200
     assert r.headers["Preference-Applied"] == "wait=30"
     assert r.json()["status"] == "succeeded"
@@ -115,12 +133,16 @@ async def test_concurrent_withdrawals_never_overdraw(alice: LedgerClient, engine
     statuses = [r["status"] for r in results]
     assert statuses.count("succeeded") == 50
     assert statuses.count("failed") == 150
-    assert {r["error"]["code"] for r in results if r["status"] == "failed"} == {"insufficient_funds"}
+    assert {r["error"]["code"] for r in results if r["status"] == "failed"} == {
+        "insufficient_funds"
+    }
     assert await alice.balance(account) == "0.00"
     assert_ledger_consistent(engine)
 
 
-async def test_available_balance_subtracts_pending_debits(alice: LedgerClient, engine: Engine) -> None:
+async def test_available_balance_subtracts_pending_debits(
+    alice: LedgerClient, engine: Engine
+) -> None:
     from tests.integration.support import insert_pending, wait_terminal
 
     account = await alice.create_account()
@@ -159,7 +181,10 @@ async def test_cancel_pending_then_conflict(alice: LedgerClient, engine: Engine)
 async def test_list_operations_filters_and_pages(alice: LedgerClient) -> None:
     a = await alice.create_account()
     b = await alice.create_account()
-    ids = [await alice.submit_ok({"type": "deposit", "account_id": a, "amount": f"{i}.00"}) for i in range(1, 6)]
+    ids = [
+        await alice.submit_ok({"type": "deposit", "account_id": a, "amount": f"{i}.00"})
+        for i in range(1, 6)
+    ]
     await alice.wait_all(ids)
     fail = await alice.submit_ok({"type": "withdrawal", "account_id": b, "amount": "1.00"})
     await alice.wait(fail)
@@ -175,7 +200,9 @@ async def test_list_operations_filters_and_pages(alice: LedgerClient) -> None:
             break
     assert seen == list(reversed(ids))
 
-    failed = (await alice.request("GET", "/api/v1/operations", params={"status": "failed"})).json()["items"]
+    failed = (await alice.request("GET", "/api/v1/operations", params={"status": "failed"})).json()[
+        "items"
+    ]
     assert [item["id"] for item in failed] == [fail]
 
 
@@ -188,7 +215,9 @@ async def test_entries_pages_and_filters(alice: LedgerClient) -> None:
     cursor = None
     while True:
         params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = (await alice.request("GET", f"/api/v1/accounts/{account}/entries", params=params)).json()
+        page = (
+            await alice.request("GET", f"/api/v1/accounts/{account}/entries", params=params)
+        ).json()
         amounts += [e["amount"] for e in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -196,7 +225,9 @@ async def test_entries_pages_and_filters(alice: LedgerClient) -> None:
     assert amounts == ["5.00", "4.00", "3.00", "2.00", "1.00"]
 
     salary = (
-        await alice.request("GET", f"/api/v1/accounts/{account}/entries", params={"category": "salary"})
+        await alice.request(
+            "GET", f"/api/v1/accounts/{account}/entries", params={"category": "salary"}
+        )
     ).json()["items"]
     assert [e["amount"] for e in salary] == ["5.00", "3.00", "1.00"]
 
@@ -230,7 +261,10 @@ async def test_health_ready_and_docs(http: httpx.AsyncClient) -> None:
     schema = (await http.get("/docs/openapi.json")).json()
     assert "/api/v1/operations" in schema["paths"]
     assert all(
-        op.get("operationId") for path in schema["paths"].values() for op in path.values() if isinstance(op, dict)
+        op.get("operationId")
+        for path in schema["paths"].values()
+        for op in path.values()
+        if isinstance(op, dict)
     )
 
 

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Unpack
+from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -20,7 +20,7 @@ from worker.store.db import UNIQUE_VIOLATION, sqlstate
 from worker.store.tables import accounts, entries, operations, users
 
 # A result row; columns are read by name (row.balance), so the tuple shape stays open.
-Record = sa.Row[Unpack[tuple[Any, ...]]]
+Record = sa.Row[*tuple[Any, ...]]
 
 DEBIT_TYPES = ("withdrawal", "transfer")
 
