@@ -33,7 +33,7 @@ def main() -> int:
     try:
         upgrade(url)
         env = {**os.environ, "LEDGERQ_DATABASE_URL": url}
-        return subprocess.run(  # noqa: S603
+        return subprocess.run(
             [sys.executable, "-m", "alembic", "check"], cwd=ROOT, env=env, check=False
         ).returncode
     finally:
