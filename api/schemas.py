@@ -102,6 +102,15 @@ class OperationRequest(Body):
     description: Description | None = None
 
 
+class BatchItem(OperationRequest, kw_only=True):
+    # kw_only: a required field after OperationRequest's optional ones.
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=255)]
+
+
+class BatchRequest(Body):
+    operations: Annotated[list[BatchItem], Meta(min_length=1, max_length=1000)]
+
+
 class OperationError(Struct, kw_only=True):
     code: str
     message: str | None
@@ -126,6 +135,32 @@ class OperationOut(Struct, kw_only=True):
 class OperationPage(Struct, kw_only=True):
     items: list[OperationOut]
     next_cursor: str | None
+
+
+class Problem(Struct, kw_only=True, omit_defaults=True):
+    """RFC 9457 problem details, as embedded in a batch result."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    field: str | None = None
+
+
+class BatchItemResult(Struct, kw_only=True, omit_defaults=True):
+    index: int
+    status: int
+    replayed: bool = False
+    operation: OperationOut | None = None
+    error: Problem | None = None
+
+
+class BatchResponse(Struct, kw_only=True):
+    accepted: int
+    replayed: int
+    rejected: int
+    results: list[BatchItemResult]
 
 
 class Health(Struct, kw_only=True):

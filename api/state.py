@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from litestar.channels import ChannelsPlugin
 from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.backlog import BacklogMonitor
 from api.waiters import CompletionWaiters
 from worker.events import OPERATIONS_CHANNEL
 from worker.settings import Settings
@@ -32,6 +34,7 @@ class Services:
     engine: AsyncEngine
     redis: redis.asyncio.Redis
     credentials: CredentialCache
+    backlog: BacklogMonitor
     waiters: CompletionWaiters = field(default_factory=CompletionWaiters)
 
 
@@ -62,22 +65,31 @@ async def _follow_completions(channels: ChannelsPlugin, waiters: CompletionWaite
 
 def lifespan_for(
     settings: Settings, redis_client: redis.asyncio.Redis, credentials: CredentialCache
-):
+) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = make_async_engine(settings.database_url, pool_size=settings.db_pool_size)
         services = Services(
-            settings=settings, engine=engine, redis=redis_client, credentials=credentials
+            settings=settings,
+            engine=engine,
+            redis=redis_client,
+            credentials=credentials,
+            backlog=BacklogMonitor(settings.max_backlog),
         )
         app.state.services = services
         channels = app.plugins.get(ChannelsPlugin)
-        listener = asyncio.create_task(_follow_completions(channels, services.waiters))
+        tasks = [
+            asyncio.create_task(_follow_completions(channels, services.waiters)),
+            asyncio.create_task(services.backlog.run(engine)),
+        ]
         try:
             yield
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await engine.dispose()
             await redis_client.aclose()
 

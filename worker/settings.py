@@ -52,6 +52,11 @@ VARIABLES: tuple[Var, ...] = (
     Var("LEDGERQ_API_PORT", "8000", "Port the API listens on."),
     Var("LEDGERQ_API_WORKERS", "1", "API processes started by `ledgerq api`."),
     Var("LEDGERQ_BATCH_SIZE", "500", "Most operations the worker applies in one transaction."),
+    Var(
+        "LEDGERQ_MAX_BACKLOG",
+        "100000",
+        "Pending operations per partition above which submits answer 503 (0: no limit).",
+    ),
     Var("LEDGERQ_SWEEP_INTERVAL", "2", "Seconds between sweeper runs (beat)."),
     Var(
         "LEDGERQ_SWEEP_AGE",
@@ -113,6 +118,7 @@ class Settings:
     api_port: int
     api_workers: int
     batch_size: int
+    max_backlog: int
     sweep_interval: float
     sweep_age: float
     max_wait: int
@@ -152,6 +158,7 @@ class Settings:
             api_port=number("LEDGERQ_API_PORT", 1, 65535),
             api_workers=number("LEDGERQ_API_WORKERS", 1, 64),
             batch_size=number("LEDGERQ_BATCH_SIZE", 1, 10_000),
+            max_backlog=number("LEDGERQ_MAX_BACKLOG", 0, 1_000_000_000),
             sweep_interval=float(number("LEDGERQ_SWEEP_INTERVAL", 1, 3600)),
             sweep_age=float(number("LEDGERQ_SWEEP_AGE", 1, 3600)),
             max_wait=number("LEDGERQ_MAX_WAIT", 0, 300),

@@ -5,23 +5,30 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import anyio.to_thread
 import structlog
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import Parameter
 
+from api import intake
 from api.auth import Principal
 from api.controllers.accounts import Cursor, Limit
 from api.errors import ApiError
 from api.pagination import decode_int_cursor, encode_cursor
 from api.prefer import parse_prefer_wait
-from api.schemas import OperationError, OperationOut, OperationPage, OperationRequest
+from api.schemas import (
+    BatchItemResult,
+    BatchRequest,
+    BatchResponse,
+    OperationError,
+    OperationOut,
+    OperationPage,
+    OperationRequest,
+    Problem,
+)
 from api.state import Services, services_of
-from domain.idempotency import parse_idempotency_key, request_fingerprint
-from domain.model import CUSTOMER_KINDS, TERMINAL_STATUSES
-from domain.money import format_amount, parse_amount
-from worker.doorbell import claim_bell
-from worker.routing import partition_for
+from domain.idempotency import parse_idempotency_key
+from domain.model import TERMINAL_STATUSES
+from domain.money import format_amount
 from worker.store import queries
 
 log = structlog.get_logger(__name__)
@@ -62,23 +69,20 @@ def operation_out(row: Any) -> OperationOut:
     )
 
 
+def problem_of(error: ApiError) -> Problem:
+    body = error.extra if isinstance(error.extra, dict) else {}
+    return Problem(
+        type=error.type_ or "about:blank",
+        title=error.title or "",
+        status=error.status_code,
+        detail=str(error.detail),
+        code=error.code,
+        field=body.get("field"),
+    )
+
+
 def location(operation_id: UUID) -> str:
     return f"/api/v1/operations/{operation_id}"
-
-
-def invalid(code: str, detail: str, field: str) -> ApiError:
-    return ApiError(422, code, detail, field=field)
-
-
-async def ring_partition(services: Services, partition: int) -> None:
-    """Tell the partition's worker there is work. Best effort: the sweeper covers a lost ring."""
-    from worker.tasks import ring
-
-    try:
-        if await claim_bell(services.redis, partition):
-            await anyio.to_thread.run_sync(ring, partition)
-    except Exception as exc:
-        log.warning("ring_failed", partition=partition, error=str(exc))
 
 
 async def wait_for_final(
@@ -112,93 +116,65 @@ class OperationController(Controller):
         """
         key = parse_idempotency_key(idempotency_key)
         services = services_of(request.app)
-        principal = request.user
-        if data.type == "transfer" and data.to_account_id is None:
-            raise invalid(
-                "validation_error", "to_account_id is required for a transfer", "to_account_id"
-            )
-        if data.type != "transfer" and data.to_account_id is not None:
-            raise invalid(
-                "validation_error",
-                f"to_account_id is not allowed for a {data.type}",
-                "to_account_id",
-            )
-        if data.to_account_id is not None and data.to_account_id == data.account_id:
-            raise invalid(
-                "same_account", "a transfer needs two different accounts", "to_account_id"
-            )
-
-        async with services.engine.begin() as conn:
-            account = await queries.account_for_owner(conn, data.account_id, principal.id)
-            if account is None:
-                raise ApiError(404, "account_not_found", "No such account.", field="account_id")
-            amount = parse_amount(data.amount, account.currency)
-            if data.to_account_id is not None:
-                target = await queries.account_by_id(conn, data.to_account_id)
-                if target is None or target.kind not in CUSTOMER_KINDS:
-                    raise invalid(
-                        "account_not_found", "to_account_id names no account", "to_account_id"
-                    )
-                if target.currency != account.currency:
-                    raise invalid(
-                        "currency_mismatch",
-                        f"to_account_id holds {target.currency}, the debited account {account.currency}",
-                        "to_account_id",
-                    )
-            fingerprint = request_fingerprint(
-                {
-                    "type": data.type,
-                    "account_id": data.account_id,
-                    "to_account_id": data.to_account_id,
-                    "amount": amount,
-                    "currency": account.currency,
-                    "category": data.category,
-                    "description": data.description,
-                }
-            )
-            row, created = await queries.insert_operation(
-                conn,
-                queries.NewOperation(
-                    principal_id=principal.id,
-                    idempotency_key=key,
-                    fingerprint=fingerprint,
-                    type=data.type,
-                    account_id=data.account_id,
-                    to_account_id=data.to_account_id,
-                    amount=amount,
-                    currency=account.currency,
-                    partition=partition_for(data.account_id, services.settings.partitions),
-                    category=data.category,
-                    description=data.description,
-                ),
-            )
+        [outcome] = await intake.submit(services, request.user.id, [intake.Submission(key, data)])
+        if isinstance(outcome, ApiError):
+            raise outcome
+        row = outcome.row
         headers = {"Location": location(row.id)}
-        if not created:
-            if row.fingerprint != fingerprint:
-                raise ApiError(
-                    422,
-                    "idempotency_key_reused",
-                    "This Idempotency-Key was already used with a different request.",
-                    headers={"Location": location(row.id)},
-                )
-            headers["Idempotent-Replayed"] = "true"
-        else:
-            # Only after the commit: a worker must never be told about an operation it cannot see.
-            await ring_partition(services, row.partition)
+        if outcome.created:
             log.info(
                 "operation_accepted",
                 operation_id=str(row.id),
                 type=row.type,
                 partition=row.partition,
             )
-
+        else:
+            headers["Idempotent-Replayed"] = "true"
         wait = parse_prefer_wait(prefer, services.settings.max_wait)
         if wait is not None:
             headers["Preference-Applied"] = f"wait={wait}"
             if row.status not in TERMINAL_STATUSES:
-                row = await wait_for_final(services, row.id, principal.id, wait)
-        status = 202 if created and row.status not in TERMINAL_STATUSES else 200
+                row = await wait_for_final(services, row.id, request.user.id, wait)
+        status = 202 if outcome.created and row.status not in TERMINAL_STATUSES else 200
         return Response(operation_out(row), status_code=status, headers=headers)
+
+    @post("/batch", operation_id="submitOperationBatch", status_code=207)
+    async def submit_batch(
+        self, request: Request[Principal, Any, Any], data: BatchRequest
+    ) -> BatchResponse:
+        """Submit up to 1,000 operations, each with its own `idempotency_key`, stored in one transaction.
+
+        Answers 207 with one result per item, in order: 202 accepted, 200 replayed, or the item's
+        problem (4xx). Invalid items are skipped; the others are stored.
+        """
+        services = services_of(request.app)
+        submissions = [intake.Submission(item.idempotency_key, item) for item in data.operations]
+        outcomes = await intake.submit(services, request.user.id, submissions)
+        results: list[BatchItemResult] = []
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, ApiError):
+                results.append(
+                    BatchItemResult(
+                        index=index, status=outcome.status_code, error=problem_of(outcome)
+                    )
+                )
+            else:
+                results.append(
+                    BatchItemResult(
+                        index=index,
+                        status=202 if outcome.created else 200,
+                        replayed=not outcome.created,
+                        operation=operation_out(outcome.row),
+                    )
+                )
+        accepted = sum(1 for r in results if r.status == 202)
+        replayed = sum(1 for r in results if r.replayed)
+        return BatchResponse(
+            accepted=accepted,
+            replayed=replayed,
+            rejected=len(results) - accepted - replayed,
+            results=results,
+        )
 
     @get("/{operation_id:uuid}", operation_id="getOperation")
     async def get_operation(

@@ -6,7 +6,7 @@ import datetime as dt
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -119,16 +119,6 @@ async def account_for_owner(
     ).one_or_none()
 
 
-async def account_by_id(conn: AsyncConnection, account_id: UUID) -> Record | None:
-    return (
-        await conn.execute(
-            sa.select(accounts.c.id, accounts.c.kind, accounts.c.currency).where(
-                accounts.c.id == account_id
-            )
-        )
-    ).one_or_none()
-
-
 async def accounts_for_owner(
     conn: AsyncConnection, owner_id: UUID, after: UUID | None, limit: int
 ) -> Sequence[Record]:
@@ -217,45 +207,82 @@ class NewOperation:
     description: str | None
 
 
-async def insert_operation(conn: AsyncConnection, new: NewOperation) -> tuple[Record, bool]:
-    """Store the operation unless the principal already used the key.
+async def insert_operations(
+    conn: AsyncConnection, news: Sequence[NewOperation]
+) -> dict[tuple[UUID, str], tuple[Record, bool]]:
+    """Store every operation whose (principal, key) is new, in one statement.
 
-    Returns the row and whether it was created now. Two identical requests racing: the unique
-    index makes the second INSERT wait for the first to commit and then do nothing; it reads
-    the winner's row.
+    Returns, per (principal, key), the stored row and whether this call created it. Identical
+    requests racing: the unique index makes the later INSERT wait for the earlier to commit and
+    then skip the row; the follow-up SELECT reads the winner's row.
     """
-    created = (
+    if not news:
+        return {}
+    created_rows = (
         await conn.execute(
             insert(operations)
             .values(
-                id=new_id(),
-                partition=new.partition,
-                principal_id=new.principal_id,
-                idempotency_key=new.idempotency_key,
-                fingerprint=new.fingerprint,
-                type=new.type,
-                account_id=new.account_id,
-                to_account_id=new.to_account_id,
-                amount=new.amount,
-                currency=new.currency,
-                category=new.category,
-                description=new.description,
+                [
+                    {
+                        "id": new_id(),
+                        "partition": new.partition,
+                        "principal_id": new.principal_id,
+                        "idempotency_key": new.idempotency_key,
+                        "fingerprint": new.fingerprint,
+                        "type": new.type,
+                        "account_id": new.account_id,
+                        "to_account_id": new.to_account_id,
+                        "amount": new.amount,
+                        "currency": new.currency,
+                        "category": new.category,
+                        "description": new.description,
+                    }
+                    for new in news
+                ]
             )
             .on_conflict_do_nothing(index_elements=["principal_id", "idempotency_key"])
-            .returning(*_operation_columns)
+            .returning(*_operation_columns, operations.c.idempotency_key)
         )
-    ).one_or_none()
-    if created is not None:
-        return created, True
-    existing = (
-        await conn.execute(
-            sa.select(*_operation_columns).where(
-                operations.c.principal_id == new.principal_id,
-                operations.c.idempotency_key == new.idempotency_key,
+    ).all()
+    stored = {(r.principal_id, r.idempotency_key): (r, True) for r in created_rows}
+    missing = [
+        (n.principal_id, n.idempotency_key)
+        for n in news
+        if (n.principal_id, n.idempotency_key) not in stored
+    ]
+    if missing:
+        existing = (
+            await conn.execute(
+                sa.select(*_operation_columns, operations.c.idempotency_key).where(
+                    sa.tuple_(operations.c.principal_id, operations.c.idempotency_key).in_(missing)
+                )
             )
+        ).all()
+        stored.update({(r.principal_id, r.idempotency_key): (r, False) for r in existing})
+    return stored
+
+
+async def accounts_by_ids(conn: AsyncConnection, account_ids: Iterable[UUID]) -> dict[UUID, Record]:
+    rows = (
+        await conn.execute(
+            sa.select(
+                accounts.c.id, accounts.c.owner_id, accounts.c.kind, accounts.c.currency
+            ).where(accounts.c.id.in_(set(account_ids)))
         )
-    ).one()
-    return existing, False
+    ).all()
+    return {r.id: r for r in rows}
+
+
+async def pending_counts(conn: AsyncConnection) -> dict[int, int]:
+    """Pending operations per partition (reads only the partial pending index)."""
+    rows = (
+        await conn.execute(
+            sa.select(operations.c.partition, sa.func.count())
+            .where(operations.c.status == "pending")
+            .group_by(operations.c.partition)
+        )
+    ).all()
+    return {r[0]: r[1] for r in rows}
 
 
 async def operation_for_principal(

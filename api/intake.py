@@ -1,0 +1,190 @@
+"""Operation intake: validate submitted operations, store them in one transaction, ring their partitions.
+
+Single submits and batch submits share this path; a single submit is a batch of one whose error
+is raised instead of reported per item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+import anyio.to_thread
+import structlog
+
+from api.errors import ApiError, from_domain_error
+from api.schemas import OperationRequest
+from api.state import Services
+from domain.errors import DomainError
+from domain.idempotency import request_fingerprint
+from domain.model import CUSTOMER_KINDS
+from domain.money import parse_amount
+from worker.doorbell import claim_bell
+from worker.routing import partition_for
+from worker.store import queries
+from worker.store.queries import NewOperation, Record
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Submission:
+    idempotency_key: str
+    request: OperationRequest
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The operation stored for a submission; `created` is False for an idempotent replay."""
+
+    row: Record
+    created: bool
+
+
+Outcome = Accepted | ApiError
+
+
+def _invalid(code: str, detail: str, field: str) -> ApiError:
+    return ApiError(422, code, detail, field=field)
+
+
+def check_shape(data: OperationRequest) -> ApiError | None:
+    """Rules that need no database: which fields each operation type takes."""
+    if data.type == "transfer" and data.to_account_id is None:
+        return _invalid(
+            "validation_error", "to_account_id is required for a transfer", "to_account_id"
+        )
+    if data.type != "transfer" and data.to_account_id is not None:
+        return _invalid(
+            "validation_error", f"to_account_id is not allowed for a {data.type}", "to_account_id"
+        )
+    if data.to_account_id is not None and data.to_account_id == data.account_id:
+        return _invalid("same_account", "a transfer needs two different accounts", "to_account_id")
+    return None
+
+
+def prepare(
+    principal_id: UUID,
+    submission: Submission,
+    accounts: dict[UUID, Record],
+    partitions: int,
+) -> NewOperation | ApiError:
+    data = submission.request
+    if (error := check_shape(data)) is not None:
+        return error
+    account = accounts.get(data.account_id)
+    if account is None or account.owner_id != principal_id:
+        # Someone else's account is indistinguishable from a missing one.
+        return ApiError(404, "account_not_found", "No such account.", field="account_id")
+    try:
+        amount = parse_amount(data.amount, account.currency)
+    except DomainError as exc:
+        return from_domain_error(exc)
+    if data.to_account_id is not None:
+        target = accounts.get(data.to_account_id)
+        if target is None or target.kind not in CUSTOMER_KINDS:
+            return _invalid("account_not_found", "to_account_id names no account", "to_account_id")
+        if target.currency != account.currency:
+            return _invalid(
+                "currency_mismatch",
+                f"to_account_id holds {target.currency}, the debited account {account.currency}",
+                "to_account_id",
+            )
+    fingerprint = request_fingerprint(
+        {
+            "type": data.type,
+            "account_id": data.account_id,
+            "to_account_id": data.to_account_id,
+            "amount": amount,
+            "currency": account.currency,
+            "category": data.category,
+            "description": data.description,
+        }
+    )
+    return NewOperation(
+        principal_id=principal_id,
+        idempotency_key=submission.idempotency_key,
+        fingerprint=fingerprint,
+        type=data.type,
+        account_id=data.account_id,
+        to_account_id=data.to_account_id,
+        amount=amount,
+        currency=account.currency,
+        partition=partition_for(data.account_id, partitions),
+        category=data.category,
+        description=data.description,
+    )
+
+
+def key_reused(row: Record) -> ApiError:
+    return ApiError(
+        422,
+        "idempotency_key_reused",
+        "This Idempotency-Key was already used with a different request.",
+        headers={"Location": f"/api/v1/operations/{row.id}"},
+    )
+
+
+async def submit(
+    services: Services, principal_id: UUID, submissions: Sequence[Submission]
+) -> list[Outcome]:
+    """Validate each submission, store the valid ones in one transaction, then ring their partitions."""
+    settings = services.settings
+    referenced: set[UUID] = set()
+    for s in submissions:
+        referenced.add(s.request.account_id)
+        if s.request.to_account_id is not None:
+            referenced.add(s.request.to_account_id)
+
+    outcomes: list[Outcome | NewOperation] = []
+    async with services.engine.begin() as conn:
+        accounts = await queries.accounts_by_ids(conn, referenced)
+        for s in submissions:
+            prepared = prepare(principal_id, s, accounts, settings.partitions)
+            if isinstance(prepared, NewOperation) and services.backlog.is_full(prepared.partition):
+                prepared = ApiError(
+                    503,
+                    "backlog_full",
+                    "Too many operations are waiting in this account's partition; retry shortly.",
+                    headers={"Retry-After": "1"},
+                )
+            outcomes.append(prepared)
+        news: dict[str, NewOperation] = {}
+        for o in outcomes:
+            # Within one batch the first use of a key wins; later uses are replays or conflicts.
+            if isinstance(o, NewOperation):
+                news.setdefault(o.idempotency_key, o)
+        stored = await queries.insert_operations(conn, list(news.values()))
+
+    results: list[Outcome] = []
+    claimed: set[str] = set()
+    rang: set[int] = set()
+    for o in outcomes:
+        if not isinstance(o, NewOperation):
+            results.append(o)
+            continue
+        row, created = stored[(principal_id, o.idempotency_key)]
+        first_use = created and o.idempotency_key not in claimed
+        claimed.add(o.idempotency_key)
+        if row.fingerprint != o.fingerprint:
+            results.append(key_reused(row))
+        else:
+            results.append(Accepted(row, first_use))
+            if first_use:
+                rang.add(row.partition)
+    # Only after the commit: a worker must never be told about an operation it cannot see.
+    for partition in sorted(rang):
+        await ring_partition(services, partition)
+    return results
+
+
+async def ring_partition(services: Services, partition: int) -> None:
+    """Tell the partition's worker there is work. Best effort: the sweeper covers a lost ring."""
+    from worker.tasks import ring
+
+    try:
+        if await claim_bell(services.redis, partition):
+            await anyio.to_thread.run_sync(ring, partition)
+    except Exception as exc:
+        log.warning("ring_failed", partition=partition, error=str(exc))
