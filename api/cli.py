@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from rich.console import Console
 from rich.table import Table
 
+from api.bench import add_parser as add_bench_parser
 from worker.routing import CONTROL_QUEUE, queue_for_partition
 from worker.settings import (
     VARIABLES,
@@ -519,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="show every LEDGERQ_* variable and its current value")
     config.set_defaults(handler=cmd_config)
+
+    add_bench_parser(sub)
     return parser
 
 
