@@ -69,11 +69,15 @@ def pending_batch(conn: Connection, partition: int, limit: int) -> list[PendingO
 
 
 def ensure_world_accounts(
-    conn: Connection, currencies: Iterable[str], shard: int
+    conn: Connection, currencies: Iterable[str], shard: int, known: set[UUID] | None = None
 ) -> dict[str, UUID]:
-    """The per-currency world account of this shard, created on first use."""
+    """The per-currency world account of this shard, created on first use.
+
+    `known` holds ids already committed (world accounts are never deleted), to skip the INSERT.
+    """
     world = {currency: world_account_id(currency, shard) for currency in sorted(set(currencies))}
-    if world:
+    missing = {c: i for c, i in world.items() if known is None or i not in known}
+    if missing:
         conn.execute(
             sa.dialects.postgresql.insert(accounts)
             .values(
@@ -86,7 +90,7 @@ def ensure_world_accounts(
                         "currency": currency,
                         "shard": shard,
                     }
-                    for currency, account_id in world.items()
+                    for currency, account_id in missing.items()
                 ]
             )
             .on_conflict_do_nothing(index_elements=["id"])

@@ -1,0 +1,35 @@
+"""A per-process directory of account owners, kinds and currencies (immutable facts, safe to cache)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from worker.store import queries
+from worker.store.queries import Record
+
+
+class AccountDirectory:
+    """Owner, kind and currency of accounts, cached per API process.
+
+    Those three never change after an account is opened and accounts are never deleted, so
+    the cache needs no invalidation; it spares the accept path a SELECT (balances are never
+    cached). Bounded by simple eviction of the oldest entries.
+    """
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self._max = max_entries
+        self._rows: dict[UUID, Record] = {}
+
+    async def lookup(self, conn: AsyncConnection, account_ids: set[UUID]) -> dict[UUID, Record]:
+        found = {i: self._rows[i] for i in account_ids if i in self._rows}
+        missing = account_ids - found.keys()
+        if missing:
+            loaded = await queries.accounts_by_ids(conn, missing)
+            if len(self._rows) + len(loaded) > self._max:
+                for stale in list(self._rows)[: len(loaded) + self._max // 10]:
+                    del self._rows[stale]
+            self._rows.update(loaded)
+            found.update(loaded)
+        return found
