@@ -130,3 +130,47 @@ async def test_worker_killed_mid_batch_loses_nothing_and_applies_once(
     for account in accounts:
         assert balance_minor(engine, account) == 4000 * 100 - 2000 * 150
     assert_ledger_consistent(engine)
+
+
+async def test_worker_killed_inside_an_open_batch_transaction(
+    alice: LedgerClient, engine: Engine, worker: Process
+) -> None:
+    """Deterministic mid-batch crash: the batch has locked its partition and read its operations,
+    and waits for an account row the test holds; then the worker dies."""
+    account = await alice.create_account()
+    other = await alice.create_account()
+    ids = insert_pending(engine, alice.user_id, account, [100] * 300)
+    ids += insert_pending(
+        engine, alice.user_id, account, [50] * 100, op_type="transfer", to_account_id=other
+    )
+    with engine.connect() as holder:
+        holder.execute(sa.text("SELECT 1 FROM accounts WHERE id = :id FOR UPDATE"), {"id": other})
+        celery_app.send_task(DRAIN_TASK, args=[partition_for(UUID(account), 8)])
+        deadline = time.monotonic() + 30
+        while True:
+            with engine.connect() as conn:
+                waiting = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock' AND query ILIKE '%FROM accounts%FOR NO KEY UPDATE%'"
+                    )
+                ).scalar_one()
+            if waiting:
+                break
+            assert time.monotonic() < deadline, "the worker's batch never reached the account lock"
+            await asyncio.sleep(0.05)
+        worker.kill()
+        # Earlier (smaller, adaptive) batches committed; the one in flight must have left no trace.
+        before = statuses(engine, ids)
+        assert before.get("pending", 0) >= 100 and set(before) <= {"pending", "succeeded"}
+        assert set(entry_counts(engine, ids).values()) <= {2}
+        holder.rollback()
+
+    worker.start()
+    worker.wait_for_log("ready", timeout=60)
+    result = wait_terminal(engine, ids, timeout=60)
+    assert set(result.values()) == {"succeeded"}
+    assert set(entry_counts(engine, ids).values()) == {2}
+    assert balance_minor(engine, account) == 300 * 100 - 100 * 50
+    assert balance_minor(engine, other) == 100 * 50
+    assert_ledger_consistent(engine)
