@@ -8,12 +8,25 @@ from uuid import UUID
 
 from domain.errors import (
     ACCOUNT_NOT_FOUND,
+    AMOUNT_TOO_SMALL,
+    ASSET_NOT_FOUND,
     BALANCE_LIMIT,
     CURRENCY_MISMATCH,
     INSUFFICIENT_FUNDS,
+    INSUFFICIENT_UNITS,
+    PRICE_UNAVAILABLE,
     SAME_ACCOUNT,
 )
-from domain.model import CUSTOMER_KINDS, Account, Operation, OperationType, Posting
+from domain.investments import Position, PositionChange, allocate, redeem
+from domain.model import (
+    CUSTOMER_KINDS,
+    INVESTMENT_TYPES,
+    Account,
+    Operation,
+    OperationType,
+    Posting,
+)
+from domain.money import exponent
 
 # Balances are stored as BIGINT (max ~9.2e18); refusing anything beyond 1e18 keeps every
 # arithmetic step of the storage layer far from overflow.
@@ -26,6 +39,7 @@ class Applied:
 
     operation_id: UUID
     postings: tuple[Posting, ...]
+    position: PositionChange | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +53,31 @@ class Rejected:
 
 Outcome = Applied | Rejected
 
+PositionKey = tuple[UUID, UUID]  # (account_id, asset_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Holdings:
+    """What investment operations need besides balances.
+
+    `positions` by (account, asset) (a missing one counts as empty), `prices` the price_e8 to
+    trade each asset at, `custody` the custody account per currency (present in the balances).
+    """
+
+    positions: Mapping[PositionKey, Position]
+    prices: Mapping[UUID, int]
+    custody: Mapping[str, UUID]
+    asset_currencies: Mapping[UUID, str]
+
+
+NO_HOLDINGS = Holdings(positions={}, prices={}, custody={}, asset_currencies={})
+
 
 def apply_operation(
-    op: Operation, balances: Mapping[UUID, Account], world: Mapping[str, UUID]
+    op: Operation,
+    balances: Mapping[UUID, Account],
+    world: Mapping[str, UUID],
+    holdings: Holdings = NO_HOLDINGS,
 ) -> tuple[Outcome, dict[UUID, Account]]:
     """Apply one operation; return its outcome and the accounts it changed (empty if rejected).
 
@@ -55,9 +91,23 @@ def apply_operation(
     to_account_id, to_account_id on another type) and KeyError when `world` has no entry
     for op.currency or that world account is not in `balances`: callers validate
     operations before queueing them and load every world account they may need.
-    Neither argument is modified.
+    Neither argument is modified. Allocations and redemptions need `holdings`.
     """
+    if op.type in INVESTMENT_TYPES:
+        return _apply_investment(op, balances, holdings)
     debit_id, credit_id = _debit_and_credit(op, world, balances)
+    return _move(op, balances, debit_id, credit_id, op.amount)
+
+
+def _move(
+    op: Operation,
+    balances: Mapping[UUID, Account],
+    debit_id: UUID,
+    credit_id: UUID,
+    amount: int,
+    position: PositionChange | None = None,
+) -> tuple[Outcome, dict[UUID, Account]]:
+    """Book `amount` from debit to credit after the checks every money movement shares."""
 
     for account_id in (op.account_id, op.to_account_id):
         if account_id is not None and account_id not in balances:
@@ -75,8 +125,8 @@ def apply_operation(
                 f"account {account.id} holds {account.currency}, the operation is in {op.currency}",
             )
 
-    debit_after = debit.balance - op.amount
-    credit_after = credit.balance + op.amount
+    debit_after = debit.balance - amount
+    credit_after = credit.balance + amount
     if debit.kind in CUSTOMER_KINDS and debit_after < -debit.overdraft_limit:
         return _reject(op, INSUFFICIENT_FUNDS, f"account {debit.id} has insufficient funds")
     for account, after in ((debit, debit_after), (credit, credit_after)):
@@ -84,32 +134,87 @@ def apply_operation(
             return _reject(op, BALANCE_LIMIT, f"account {account.id} would pass the balance limit")
 
     postings = (
-        Posting(account_id=debit_id, amount=-op.amount, balance_after=debit_after),
-        Posting(account_id=credit_id, amount=op.amount, balance_after=credit_after),
+        Posting(account_id=debit_id, amount=-amount, balance_after=debit_after),
+        Posting(account_id=credit_id, amount=amount, balance_after=credit_after),
     )
     changed = {
         debit_id: _with_balance(debit, debit_after),
         credit_id: _with_balance(credit, credit_after),
     }
-    return Applied(operation_id=op.id, postings=postings), changed
+    return Applied(operation_id=op.id, postings=postings, position=position), changed
+
+
+def _apply_investment(
+    op: Operation, balances: Mapping[UUID, Account], holdings: Holdings
+) -> tuple[Outcome, dict[UUID, Account]]:
+    """Allocation: cash -> custody, units bought at the price. Redemption: custody -> cash."""
+    if op.asset_id is None:
+        raise ValueError(f"operation {op.id}: an investment needs asset_id")
+    if op.account_id not in balances:
+        return _reject(op, ACCOUNT_NOT_FOUND, f"account {op.account_id} not found")
+    currency = holdings.asset_currencies.get(op.asset_id)
+    if currency is None:
+        return _reject(op, ASSET_NOT_FOUND, f"asset {op.asset_id} not found")
+    if currency != op.currency:
+        return _reject(
+            op, CURRENCY_MISMATCH, f"asset {op.asset_id} trades in {currency}, not {op.currency}"
+        )
+    price = holdings.prices.get(op.asset_id)
+    if price is None or price <= 0:
+        return _reject(op, PRICE_UNAVAILABLE, f"asset {op.asset_id} has no closing price yet")
+    custody_id = holdings.custody[op.currency]
+    key = (op.account_id, op.asset_id)
+    position = holdings.positions.get(key) or Position(op.account_id, op.asset_id, 0, 0)
+    exp = exponent(op.currency)
+    if op.type == OperationType.ALLOCATION:
+        if op.amount <= 0:
+            raise ValueError(f"operation {op.id}: amount must be > 0, got {op.amount}")
+        change = allocate(position, op.amount, exp, price)
+        if change is None:
+            return _reject(op, AMOUNT_TOO_SMALL, "the amount buys less than 0.00000001 units")
+        return _move(op, balances, op.account_id, custody_id, change.cash, change)
+    if op.quantity is not None:
+        change = redeem(position, exp, price, units=op.quantity)
+    else:
+        change = redeem(position, exp, price, amount=op.amount)
+    if change is None:
+        return _reject(op, INSUFFICIENT_UNITS, f"the position in asset {op.asset_id} is too small")
+    return _move(op, balances, custody_id, op.account_id, change.cash, change)
 
 
 def apply_batch(
-    ops: Sequence[Operation], balances: Mapping[UUID, Account], world: Mapping[str, UUID]
+    ops: Sequence[Operation],
+    balances: Mapping[UUID, Account],
+    world: Mapping[str, UUID],
+    holdings: Holdings = NO_HOLDINGS,
 ) -> tuple[list[Outcome], dict[UUID, Account]]:
-    """Apply operations in order, each seeing the balances the previous ones left.
+    """Apply operations in order, each seeing the balances (and positions) the previous ones left.
 
     A rejected operation fails alone. Returns the outcomes in input order and the final
-    state of every account that received a posting. Raises as apply_operation does.
+    state of every account that received a posting; an applied investment's outcome carries
+    its PositionChange. Raises as apply_operation does.
     """
     current = dict(balances)
+    positions = dict(holdings.positions)
     changed: dict[UUID, Account] = {}
     outcomes: list[Outcome] = []
     for op in ops:
-        outcome, updated = apply_operation(op, current, world)
+        outcome, updated = apply_operation(
+            op,
+            current,
+            world,
+            Holdings(positions, holdings.prices, holdings.custody, holdings.asset_currencies)
+            if op.type in INVESTMENT_TYPES
+            else holdings,
+        )
         outcomes.append(outcome)
         current.update(updated)
         changed.update(updated)
+        if isinstance(outcome, Applied) and outcome.position is not None:
+            p = outcome.position
+            positions[(p.account_id, p.asset_id)] = Position(
+                p.account_id, p.asset_id, p.units_after, p.invested_after
+            )
     return outcomes, changed
 
 

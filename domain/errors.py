@@ -13,6 +13,10 @@ ACCOUNT_NOT_FOUND = "account_not_found"
 CURRENCY_MISMATCH = "currency_mismatch"
 SAME_ACCOUNT = "same_account"
 BALANCE_LIMIT = "balance_limit_exceeded"
+INSUFFICIENT_UNITS = "insufficient_units"
+PRICE_UNAVAILABLE = "price_unavailable"
+ASSET_NOT_FOUND = "asset_not_found"
+AMOUNT_TOO_SMALL = "amount_too_small"
 
 
 class DomainError(Exception):

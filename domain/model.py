@@ -23,6 +23,14 @@ class OperationType(StrEnum):
     DEPOSIT = "deposit"
     WITHDRAWAL = "withdrawal"
     TRANSFER = "transfer"
+    # Investments: cash <-> the currency's custody account, plus a change of position.
+    ALLOCATION = "allocation"
+    REDEMPTION = "redemption"
+
+
+INVESTMENT_TYPES: frozenset[OperationType] = frozenset(
+    {OperationType.ALLOCATION, OperationType.REDEMPTION}
+)
 
 
 class OperationStatus(StrEnum):
@@ -71,6 +79,10 @@ class Operation:
     amount: int
     currency: str
     to_account_id: UUID | None = None
+    # Investments only: the asset, and for a redemption by quantity the units_e8 to sell
+    # (then `amount` is 0 until the sale is priced).
+    asset_id: UUID | None = None
+    quantity: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
