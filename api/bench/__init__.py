@@ -10,6 +10,11 @@ import argparse
 import os
 from typing import Any
 
+
+class BenchError(Exception):
+    """The bench cannot run as asked (target unreachable, bad credentials, missing URL)."""
+
+
 WORKLOADS = ("spread", "hot", "transfers", "read", "drain", "verify")
 
 # Accounts per workload when --accounts is not given: hot is one account by definition.

@@ -1,0 +1,105 @@
+"""What each workload sends: operation mixes, and the HTTP request carrying the n-th unit of work."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+import msgspec
+
+from api.bench.db import OpSpec
+
+# Amounts in cents. Deposits are larger on average than withdrawals, so funded balances only
+# grow and a long run does not drift into insufficient_funds.
+DEPOSIT_CENTS = (100, 10_000)
+WITHDRAWAL_CENTS = (100, 5_000)
+TRANSFER_CENTS = (1, 1_000)
+
+HTTP_WORKLOADS = ("spread", "hot", "transfers", "read")
+_JSON = {"Content-Type": "application/json"}
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    path: str
+    body: bytes | None
+    headers: dict[str, str]
+    units: int  # operations carried (a batch carries many), or 1 read
+
+
+def deposit_or_withdrawal(rng: random.Random, accounts: Sequence[UUID]) -> OpSpec:
+    account = accounts[rng.randrange(len(accounts))]
+    if rng.random() < 0.5:
+        return OpSpec("deposit", account, rng.randint(*DEPOSIT_CENTS))
+    return OpSpec("withdrawal", account, rng.randint(*WITHDRAWAL_CENTS))
+
+
+def transfer(rng: random.Random, accounts: Sequence[UUID]) -> OpSpec:
+    """Between two random accounts: their partitions differ 7 times in 8 with 8 partitions."""
+    source, target = rng.sample(range(len(accounts)), 2)
+    return OpSpec("transfer", accounts[source], rng.randint(*TRANSFER_CENTS), accounts[target])
+
+
+def mix_for(workload: str) -> Callable[[random.Random, Sequence[UUID]], OpSpec]:
+    return transfer if workload == "transfers" else deposit_or_withdrawal
+
+
+def amount_text(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+def operation_body(spec: OpSpec) -> dict[str, str]:
+    body = {
+        "type": spec.type,
+        "account_id": str(spec.account_id),
+        "amount": amount_text(spec.amount),
+        "category": "bench",
+    }
+    if spec.to_account_id is not None:
+        body["to_account_id"] = str(spec.to_account_id)
+    return body
+
+
+@dataclass
+class RequestFactory:
+    """Builds the n-th request of a run: unique idempotency keys `{key_prefix}{n}` (or `-{n}.{i}`)."""
+
+    workload: str
+    accounts: Sequence[UUID]
+    key_prefix: str
+    batch: int
+    rng: random.Random
+
+    def __post_init__(self) -> None:
+        if self.workload == "transfers" and len(self.accounts) < 2:
+            raise ValueError("transfers need at least 2 accounts")
+        self._mix = mix_for(self.workload)
+
+    @property
+    def units_per_request(self) -> int:
+        return self.batch if self.batch and self.workload != "read" else 1
+
+    def __call__(self, n: int) -> HttpRequest:
+        if self.workload == "read":
+            account = self.accounts[self.rng.randrange(len(self.accounts))]
+            return HttpRequest("GET", f"/api/v1/accounts/{account}", None, {}, 1)
+        if self.batch:
+            items = []
+            for i in range(self.batch):
+                item = operation_body(self._mix(self.rng, self.accounts))
+                item["idempotency_key"] = f"{self.key_prefix}{n}.{i}"
+                items.append(item)
+            body = _encode({"operations": items})
+            return HttpRequest("POST", "/api/v1/operations/batch", body, _JSON, self.batch)
+        body = _encode(operation_body(self._mix(self.rng, self.accounts)))
+        headers = {**_JSON, "Idempotency-Key": f"{self.key_prefix}{n}"}
+        return HttpRequest("POST", "/api/v1/operations", body, headers, 1)
+
+
+def drain_specs(rng: random.Random, accounts: Sequence[UUID], count: int) -> list[OpSpec]:
+    """The drain's prefilled mix: deposits and withdrawals over the accounts (so, every partition)."""
+    return [deposit_or_withdrawal(rng, accounts) for _ in range(count)]

@@ -1,0 +1,134 @@
+"""`ledgerq bench` against the suite's real API and workers: short runs, their reports, their verification.
+
+No timing assertions: the machine is shared; these prove the command works end to end and that
+what it reports adds up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from tests.integration.support import ROOT
+from worker.store.tables import operations, users
+
+pytestmark = pytest.mark.integration
+
+
+def bench(service_env: dict[str, str], tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """Run the real command in a child process; return its JSON report and its output."""
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "api.cli", "bench", *args, "--json", str(report)],
+        cwd=ROOT,
+        env={**os.environ, **service_env, "COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return json.loads(report.read_text()), output
+
+
+def statuses(engine: Engine, username: str) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(operations.c.status, sa.func.count())
+            .join(users, users.c.id == operations.c.principal_id)
+            .where(users.c.username == username)
+            .group_by(operations.c.status)
+        ).all()
+    return {r[0]: r[1] for r in rows}
+
+
+def assert_verified(report: dict[str, Any]) -> None:
+    verification = report["verification"]
+    assert verification["passed"], verification
+    assert {c["name"] for c in verification["checks"]} >= {
+        "every operation terminal",
+        "per currency, balances sum to 0",
+        "every balance = sum of its entries",
+        "no customer account below its floor",
+    }
+
+
+def test_spread_short_run_reports_and_verifies(
+    api_url: str, engine: Engine, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    username = f"bench-{secrets.token_hex(4)}"
+    png = tmp_path / "spread.png"
+    accounts_file = tmp_path / "accounts.txt"
+    report, output = bench(
+        service_env, tmp_path, "spread",
+        "--url", api_url, "--username", username,
+        "--duration", "2", "--rate", "40", "--concurrency", "8", "--accounts", "300",
+        "--plot", str(png), "--write-accounts", str(accounts_file), "--seed", "7",
+    )  # fmt: skip
+
+    assert "PASS" in output
+    assert report["workload"] == "spread"
+    assert report["setup"]["accounts"] == 300
+    assert len(accounts_file.read_text().split()) == 300
+    http = report["http"]
+    assert http["ok"] > 0 and http["failed"] == 0, http["errors"]
+    for key in ("p50", "p90", "p99", "max"):
+        assert http["latency_ms"][key] is not None
+    applied = report["applied"]
+    # Every accepted operation was found in PostgreSQL and reached a terminal state.
+    assert applied["operations"] == http["ok"]
+    assert applied["applied"] == http["ok"]
+    assert set(applied["statuses"]) <= {"succeeded", "failed"}
+    assert applied["latency_ms"]["count"] == http["ok"]
+    timeline = report["timeline"]
+    assert len(timeline["t"]) == len(timeline["ok"]) == len(timeline["applied"])
+    assert sum(timeline["ok"]) == http["ok"]
+    assert sum(timeline["applied"]) == http["ok"]
+    assert "api" in report["memory"] and "worker" in report["memory"]
+    assert report["memory"]["api"]["rss_peak_mb"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_verified(report)
+    assert statuses(engine, username).get("pending", 0) == 0
+
+
+def test_drain_with_baseline_applies_everything_once(
+    api_url: str, engine: Engine, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    username = f"bench-{secrets.token_hex(4)}"
+    report, _ = bench(
+        service_env, tmp_path, "drain",
+        "--url", api_url, "--username", username,
+        "--ops", "2000", "--accounts", "200", "--baseline", "--concurrency", "2",
+    )  # fmt: skip
+
+    assert report["prefill"]["operations"] == 2000
+    drain = report["drain"]
+    assert drain["operations"] == drain["applied"] == 2000
+    assert drain["rate"] > 0
+    baseline = report["baseline"]
+    assert baseline["operations"] == 2000
+    # The baseline paused the workers: it applied (or failed) every one of its operations itself.
+    assert baseline["applied"] + sum(baseline["failed"].values()) == 2000
+    assert baseline["taken_by_workers"] == 0
+    assert report["speedup"] > 0
+    assert_verified(report)
+    # Funding (200) + drain (2,000) + baseline (2,000), all terminal.
+    counts = statuses(engine, username)
+    assert sum(counts.values()) == 4200 and counts.get("pending", 0) == 0
+
+
+def test_verify_checks_the_whole_ledger(
+    api_url: str, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    report, output = bench(service_env, tmp_path, "verify", "--settle-timeout", "60")
+    assert_verified(report)
+    assert "PASS" in output
