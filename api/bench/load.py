@@ -8,9 +8,10 @@ shows up as latency instead of silently lowering the offered load (coordinated o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -132,16 +133,14 @@ async def _lane(
 
 
 async def run_load(
-    client: httpx.AsyncClient,
+    clients: list[httpx.AsyncClient],
     plan: Plan,
     build: Callable[[int], HttpRequest],
     rec: Recorder,
     start: float,
 ) -> None:
-    """Run plan.concurrency lanes until the window closes, then let in-flight requests finish."""
-    lanes = [
-        asyncio.create_task(_lane(client, plan, build, rec, start)) for _ in range(plan.concurrency)
-    ]
+    """Run one lane per client until the window closes, then let in-flight requests finish."""
+    lanes = [asyncio.create_task(_lane(client, plan, build, rec, start)) for client in clients]
     await asyncio.gather(*lanes)
     if plan.interval:
         # Requests the schedule wanted inside the window that no lane got to send: the offered load
@@ -150,12 +149,12 @@ async def run_load(
         rec.missed = max(0, due_in_window - len(rec.samples))
 
 
-def make_client(base_url: str, concurrency: int, headers: dict[str, str]) -> httpx.AsyncClient:
-    """HTTP/1.1 keep-alive, one pooled connection per lane, no per-request auth flow."""
+def make_client(base_url: str, connections: int, headers: dict[str, str]) -> httpx.AsyncClient:
+    """HTTP/1.1 keep-alive with a pool of `connections`, no per-request auth flow."""
     # Idle connections are dropped after 4 s, before uvicorn's 5 s keep-alive timeout closes them
     # from its side: reusing a connection the server is closing fails the request (ReadError).
     limits = httpx.Limits(
-        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=4.0
+        max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=4.0
     )
     return httpx.AsyncClient(
         base_url=base_url,
@@ -165,3 +164,19 @@ def make_client(base_url: str, concurrency: int, headers: dict[str, str]) -> htt
         http1=True,
         http2=False,
     )
+
+
+@contextlib.asynccontextmanager
+async def lane_clients(
+    base_url: str, lanes: int, headers: dict[str, str]
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One client with one keep-alive connection per lane: the pool is sharded, not shared.
+
+    httpcore's pool does work proportional to its size on every request; measured here, 64
+    lanes on one shared 64-connection pool managed ~400 req/s against /health, 64 single-
+    connection clients ~1,350 req/s.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(make_client(base_url, 1, headers)) for _ in range(lanes)
+        ]

@@ -26,7 +26,7 @@ from api.bench.baseline import Progress as BaselineProgress
 from api.bench.baseline import prepare_world, run_baseline, workers_paused
 from api.bench.db import CURRENCY, Scope
 from api.bench.live import LoadView, progress_bar, show_load
-from api.bench.load import Plan, Recorder, make_client, run_load
+from api.bench.load import Plan, Recorder, lane_clients, make_client, run_load
 from api.bench.metrics import (
     applied_summary,
     drain_summary,
@@ -224,8 +224,8 @@ async def _http(
             engine, Scope(setup.principal_id, setup.after_seq)
         ).as_dict()
         return result
-    # A fresh pool for the load: the server may have closed the setup's idle connections.
-    async with make_client(args.url, concurrency, headers) as client:
+    # Fresh connections for the load: the server may have closed the setup's idle ones.
+    async with lane_clients(args.url, concurrency, headers) as clients:
         factory = RequestFactory(
             args.workload, setup.accounts, f"{run_id}-s-", args.batch, _rng(args)
         )
@@ -242,7 +242,7 @@ async def _http(
             show_load(console, view, done, lambda: bench_db.pending_total(engine))
         )
         try:
-            await run_load(client, plan, factory, rec, start)
+            await run_load(clients, plan, factory, rec, start)
         finally:
             done.set()
             await display
