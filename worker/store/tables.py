@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
 # Stable constraint names, so migrations can refer to them and autogenerate stays quiet.
 metadata = sa.MetaData(
@@ -120,4 +120,27 @@ entries = sa.Table(
     # because entries of an account are written while its row is locked.
     sa.Index("ix_entries_account_id_id", "account_id", "id"),
     sa.Index("ix_entries_operation_id", "operation_id"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    # The secret's first characters: shown in listings and used to find the row. The secret
+    # itself is never stored, only its SHA-256 (it has 256 random bits, so no slow hash is needed).
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("secret_hash", sa.LargeBinary, nullable=False),
+    sa.Column("scopes", ARRAY(sa.Text), nullable=False),
+    # Requests per rate limit window for this key; NULL: LEDGERQ_RATE_LIMIT.
+    sa.Column("rate_limit", sa.Integer, nullable=True),
+    _timestamp("created_at"),
+    _timestamp("last_used_at", nullable=True),
+    # Revoked keys stay for the record, but no lookup ever finds them.
+    _timestamp("revoked_at", nullable=True),
+    sa.CheckConstraint("rate_limit IS NULL OR rate_limit > 0", name="rate_limit_positive"),
+    # One indexed lookup per request, over live keys only.
+    sa.Index("ix_api_keys_live_prefix", "prefix", postgresql_where=sa.text("revoked_at IS NULL")),
+    sa.Index("ix_api_keys_user_id_id", "user_id", "id"),
 )
