@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -213,7 +214,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     table.add_column("meaning")
     for var in VARIABLES:
         raw = os.environ.get(var.name)
-        if raw:
+        if raw and var.secret:
+            value = "[dim](set, hidden)[/]"
+        elif raw:
             value = mask_url(raw)
         elif var.default is not None:
             value = f"[dim]{var.default} (default)[/]"
@@ -435,8 +438,21 @@ def _supervise(settings: Settings, data_dir: Path, stop: _Stop) -> int:
         _stop_children(children)
 
 
+def dev_secret_key(data_dir: Path) -> str:
+    """The token signing key `dev` uses when none is set: generated once, kept in the data dir,
+    so tokens survive a restart and every API process of this installation agrees."""
+    path = data_dir / "secret_key"
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
 def _dev_environment(data_dir: Path) -> Settings:
     os.environ["LEDGERQ_DATA_DIR"] = str(data_dir)
+    if not os.environ.get("LEDGERQ_SECRET_KEY"):
+        os.environ["LEDGERQ_SECRET_KEY"] = dev_secret_key(data_dir)
     # Readable logs by default in a terminal; an explicit choice is kept.
     os.environ.setdefault("LEDGERQ_LOG_FORMAT", "console")
     # Children's lines should reach us as they are written, not when a buffer fills.

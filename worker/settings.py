@@ -19,6 +19,8 @@ class Var:
     name: str
     default: str | None
     help: str
+    # Secrets are never printed (`ledgerq config` shows only whether they are set).
+    secret: bool = False
 
 
 # The single list of configuration variables. `ledgerq config` prints it and the README documents it.
@@ -65,6 +67,39 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var("LEDGERQ_MAX_WAIT", "30", "Largest `Prefer: wait=N` honoured, in seconds."),
     Var("LEDGERQ_DB_POOL_SIZE", "10", "Database connections per API process."),
+    Var(
+        "LEDGERQ_SECRET_KEY",
+        None,
+        "Signs bearer tokens (HS256); 32+ characters, the same for every API process. Required "
+        "by the API; `ledgerq dev` generates one under LEDGERQ_DATA_DIR.",
+        secret=True,
+    ),
+    Var(
+        "LEDGERQ_MASTER_KEY",
+        None,
+        "Admin key (`X-API-Key`), 32+ characters: creates API keys for any user, lists all users "
+        "and accounts. Unset: no master key.",
+        secret=True,
+    ),
+    Var("LEDGERQ_TOKEN_TTL", "900", "Bearer token lifetime in seconds."),
+    Var(
+        "LEDGERQ_RATE_LIMIT",
+        "1200",
+        "Requests per principal (or per client address, unauthenticated) per window; an API key "
+        "may set its own. 0: no limit.",
+    ),
+    Var("LEDGERQ_RATE_LIMIT_WINDOW", "60", "Rate limit window in seconds."),
+    Var(
+        "LEDGERQ_LOGIN_MAX_FAILURES",
+        "5",
+        "Failed password logins per username per failure window before 429.",
+    ),
+    Var(
+        "LEDGERQ_LOGIN_MAX_FAILURES_PER_ADDRESS",
+        "20",
+        "Failed password logins per client address per failure window before 429.",
+    ),
+    Var("LEDGERQ_LOGIN_FAILURE_WINDOW", "300", "Seconds failed logins are remembered."),
     Var("LEDGERQ_DATA_DIR", ".ledgerq", "Where `ledgerq dev` keeps the embedded servers' data."),
     Var("LEDGERQ_LOG_FORMAT", "console", "`console` (readable) or `json` (production)."),
     Var("LEDGERQ_LOG_LEVEL", "INFO", "Log level."),
@@ -78,6 +113,23 @@ def _int(name: str, raw: str, low: int, high: int) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+MIN_SECRET_LENGTH = 32
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """An optional secret; when set it must be long enough to resist guessing."""
+    value = env.get(name)
+    if not value:
+        return None
+    if len(value) < MIN_SECRET_LENGTH:
+        # Never echo the value: only its length.
+        raise SettingsError(
+            f"{name} must be at least {MIN_SECRET_LENGTH} characters, got {len(value)} "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
     return value
 
 
@@ -123,6 +175,14 @@ class Settings:
     sweep_age: float
     max_wait: int
     db_pool_size: int
+    secret_key: str | None
+    master_key: str | None
+    token_ttl: int
+    rate_limit: int
+    rate_limit_window: int
+    login_max_failures: int
+    login_max_failures_per_address: int
+    login_failure_window: int
     data_dir: str
     log_format: str
     log_level: str
@@ -163,10 +223,30 @@ class Settings:
             sweep_age=float(number("LEDGERQ_SWEEP_AGE", 1, 3600)),
             max_wait=number("LEDGERQ_MAX_WAIT", 0, 300),
             db_pool_size=number("LEDGERQ_DB_POOL_SIZE", 1, 500),
+            secret_key=_secret(env, "LEDGERQ_SECRET_KEY"),
+            master_key=_secret(env, "LEDGERQ_MASTER_KEY"),
+            token_ttl=number("LEDGERQ_TOKEN_TTL", 10, 86_400),
+            rate_limit=number("LEDGERQ_RATE_LIMIT", 0, 100_000_000),
+            rate_limit_window=number("LEDGERQ_RATE_LIMIT_WINDOW", 1, 86_400),
+            login_max_failures=number("LEDGERQ_LOGIN_MAX_FAILURES", 1, 1_000_000),
+            login_max_failures_per_address=number(
+                "LEDGERQ_LOGIN_MAX_FAILURES_PER_ADDRESS", 1, 1_000_000
+            ),
+            login_failure_window=number("LEDGERQ_LOGIN_FAILURE_WINDOW", 1, 86_400),
             data_dir=get("LEDGERQ_DATA_DIR"),
             log_format=log_format,
             log_level=get("LEDGERQ_LOG_LEVEL").upper(),
         )
+
+    def require_secret_key(self) -> str:
+        """The token signing key; the API cannot start without it (a per-process random key would
+        make a token from one API process invalid at the next)."""
+        if self.secret_key is None:
+            raise SettingsError(
+                "LEDGERQ_SECRET_KEY is not set: the API signs bearer tokens with it and every API "
+                "process needs the same one (see the configuration table in README.md)"
+            )
+        return self.secret_key
 
 
 @functools.cache

@@ -91,6 +91,12 @@ def service_env(
         "LEDGERQ_DATA_DIR": str(tmp_path_factory.mktemp("ledgerq-data")),
         "LEDGERQ_LOG_LEVEL": "INFO",
         "LEDGERQ_API_HOST": "127.0.0.1",
+        "LEDGERQ_SECRET_KEY": secrets.token_urlsafe(32),
+        "LEDGERQ_MASTER_KEY": secrets.token_urlsafe(32),
+        # The suite sends hundreds of requests per user and every failed login comes from
+        # 127.0.0.1: the limits themselves are tested on API processes of their own.
+        "LEDGERQ_RATE_LIMIT": "1000000",
+        "LEDGERQ_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
     }
     os.environ.update(env)
     get_settings.cache_clear()
