@@ -4,28 +4,63 @@ from __future__ import annotations
 
 import redis.asyncio
 from litestar import Litestar
+from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, Reference, SecurityScheme
 
-from api.auth import CredentialCache, authentication_middleware
+from api.auth import CredentialCache, authentication_middleware, require_access
 from api.controllers.accounts import AccountController
+from api.controllers.admin import AdminController
+from api.controllers.api_keys import ApiKeyController
 from api.controllers.auth import AuthController
 from api.controllers.health import health, ready
 from api.controllers.operations import OperationController
 from api.errors import internal_error_handler, problem_details_plugin
 from api.logging import configure_logging
+from api.ratelimit import RATE_LIMIT_STORE, rate_limit_config, rate_limit_store
 from api.state import channels_plugin, lifespan_for
 from worker.settings import Settings, get_settings
+
+SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
+    "basic": SecurityScheme(type="http", scheme="basic", description="Username and password."),
+    "bearer": SecurityScheme(
+        type="http",
+        scheme="bearer",
+        bearer_format="JWT",
+        description="A token from POST /api/v1/auth/token.",
+    ),
+    "apiKey": SecurityScheme(
+        type="apiKey",
+        name="X-API-Key",
+        security_scheme_in="header",
+        description="An API key (`lq_...`), or the master key.",
+    ),
+}
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
+    settings.require_secret_key()  # fail at start, not at the first token
     configure_logging(settings)
     redis_client = redis.asyncio.Redis.from_url(settings.redis_url)
+    # Authentication runs first (outermost), so the rate limiter counts per principal.
+    middleware: list[DefineMiddleware] = [authentication_middleware]
+    if settings.rate_limit > 0:
+        middleware.append(rate_limit_config(settings).middleware)
     return Litestar(
-        route_handlers=[health, ready, AuthController, AccountController, OperationController],
-        middleware=[authentication_middleware],
+        route_handlers=[
+            health,
+            ready,
+            AuthController,
+            ApiKeyController,
+            AccountController,
+            OperationController,
+            AdminController,
+        ],
+        middleware=middleware,
+        guards=[require_access],
+        stores={RATE_LIMIT_STORE: rate_limit_store(redis_client)},
         plugins=[problem_details_plugin(), channels_plugin(redis_client)],
         exception_handlers={Exception: internal_error_handler},
         lifespan=[lifespan_for(settings, redis_client, CredentialCache())],
@@ -36,9 +71,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="Asynchronous money operations with idempotency keys over a double-entry ledger.",
             path="/docs",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
-            components=Components(
-                security_schemes={"basic": SecurityScheme(type="http", scheme="basic")}
-            ),
-            security=[{"basic": []}],
+            components=Components(security_schemes=SECURITY_SCHEMES),
+            security=[{name: []} for name in SECURITY_SCHEMES],
         ),
     )

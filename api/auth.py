@@ -1,41 +1,156 @@
-"""Authentication: one middleware turns credentials into a Principal; controllers never parse them."""
+"""Authentication and access: one middleware turns credentials into a Principal, one guard checks
+what the principal may do. Controllers never parse credentials.
+
+A request carries exactly one of: HTTP Basic (username and password), `Authorization: Bearer`
+(a token from POST /api/v1/auth/token), or `X-API-Key` (an API key, or the master key).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import hmac
 import os
+import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import anyio.to_thread
+import jwt
+import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.middleware.base import DefineMiddleware
 
 from api.errors import ApiError
-from api.state import services_of
-from worker.store import queries
+from api.state import Services, services_of
+from worker.store import access, queries
 
-WWW_AUTHENTICATE = 'Basic realm="ledgerq", charset="UTF-8"'
+log = structlog.get_logger(__name__)
+
 _hasher = PasswordHasher()
 # Verifying against a dummy hash for unknown users keeps response time from revealing which names exist.
 _DUMMY_HASH = _hasher.hash("ledgerq-dummy-password")
 
+# ---------------------------------------------------------------- principals and scopes
+
+ACCOUNTS_READ = "accounts:read"
+OPERATIONS_WRITE = "operations:write"
+ADMIN = "admin"
+SCOPES = (ACCOUNTS_READ, OPERATIONS_WRITE, ADMIN)
+# What a user's own password (or a token from it) may do: everything but administration.
+USER_SCOPES = frozenset({ACCOUNTS_READ, OPERATIONS_WRITE})
+
+Method = Literal["basic", "bearer", "api_key", "master_key"]
+# The master key is no user; it owns nothing, so user-scoped queries with this id find nothing.
+MASTER_ID = UUID(int=0)
+
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling. Every query is scoped to `id`."""
+    """Who is calling, however they proved it. Every query is scoped to `id` (a user id)."""
 
     id: UUID
     username: str
-    method: str
+    method: Method
+    scopes: frozenset[str]
+    is_admin: bool = False
+    api_key_id: UUID | None = None
+    # Requests per rate limit window, when an API key sets its own (None: LEDGERQ_RATE_LIMIT).
+    rate_limit: int | None = None
+
+    @property
+    def rate_limit_key(self) -> str:
+        """The bucket this principal's requests count against: each API key has its own."""
+        if self.api_key_id is not None:
+            return f"key:{self.api_key_id}"
+        return "master" if self.method == "master_key" else f"user:{self.id}"
+
+
+def user_principal(user_id: UUID, username: str, method: Method) -> Principal:
+    return Principal(id=user_id, username=username, method=method, scopes=USER_SCOPES)
+
+
+# ---------------------------------------------------------------- access rules: the one table
+
+# Pseudo-requirements besides the scopes.
+BASIC_ONLY = "basic"  # HTTP Basic itself: a token or key must not mint tokens
+MANAGE_KEYS = "manage_keys"  # a password or token, or the admin: keys never mint keys
+
+# operationId -> what the principal needs. Routes excluded from authentication (health, docs,
+# register) have no principal and are not listed; an authenticated route missing here is refused.
+ACCESS: dict[str, str] = {
+    "issueToken": BASIC_ONLY,
+    "createApiKey": MANAGE_KEYS,
+    "listApiKeys": MANAGE_KEYS,
+    "revokeApiKey": MANAGE_KEYS,
+    "createAccount": OPERATIONS_WRITE,
+    "listAccounts": ACCOUNTS_READ,
+    "getAccount": ACCOUNTS_READ,
+    "listEntries": ACCOUNTS_READ,
+    "submitOperation": OPERATIONS_WRITE,
+    "submitOperationBatch": OPERATIONS_WRITE,
+    "cancelOperation": OPERATIONS_WRITE,
+    "getOperation": ACCOUNTS_READ,
+    "listOperations": ACCOUNTS_READ,
+    "listUsers": ADMIN,
+    "listAllAccounts": ADMIN,
+}
+
+
+def forbidden(code: str, detail: str, **extra: Any) -> ApiError:
+    return ApiError(403, code, detail, extra=extra or None)
+
+
+def require_access(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """The app's one guard: the principal must hold what ACCESS names for the route."""
+    principal = connection.scope.get("user")
+    if principal is None:
+        return  # a public route: the authentication middleware excluded it
+    operation_id = getattr(handler, "operation_id", None)
+    requirement = ACCESS.get(operation_id) if isinstance(operation_id, str) else None
+    if requirement is None:
+        log.error("route_without_access_rule", operation_id=str(operation_id))
+        raise forbidden("forbidden", "This endpoint has no access rule.")
+    if requirement == BASIC_ONLY:
+        if principal.method != "basic":
+            raise unauthenticated("Exchange HTTP Basic credentials (username and password).")
+    elif requirement == MANAGE_KEYS:
+        if not (principal.is_admin or principal.method in ("basic", "bearer")):
+            raise forbidden(
+                "forbidden", "API keys are managed with a password or a token, not with a key."
+            )
+    elif requirement not in principal.scopes:
+        raise forbidden(
+            "insufficient_scope",
+            f"This needs the {requirement} scope.",
+            required_scope=requirement,
+        )
+
+
+# ---------------------------------------------------------------- 401s
+
+CHALLENGES = 'Basic realm="ledgerq", charset="UTF-8", Bearer realm="ledgerq"'
+
+
+def unauthenticated(detail: str, bearer_error: str | None = None) -> ApiError:
+    challenge = CHALLENGES
+    if bearer_error is not None:
+        # RFC 6750: say why a presented token was refused.
+        challenge = f'Basic realm="ledgerq", charset="UTF-8", Bearer realm="ledgerq", error="{bearer_error}"'
+    return ApiError(401, "unauthenticated", detail, headers={"WWW-Authenticate": challenge})
+
+
+# ---------------------------------------------------------------- passwords (HTTP Basic)
 
 
 def hash_password(password: str) -> str:
@@ -76,14 +191,7 @@ class CredentialCache:
         self._entries[self._digest(username, password)] = (time.monotonic() + self._ttl, principal)
 
 
-def unauthenticated(detail: str) -> ApiError:
-    return ApiError(401, "unauthenticated", detail, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
-
-
-def parse_basic(header: str) -> tuple[str, str]:
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic" or not encoded:
-        raise unauthenticated("Use HTTP Basic authentication.")
+def parse_basic(encoded: str) -> tuple[str, str]:
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
@@ -105,26 +213,174 @@ async def verify_password(password_hash: str, password: str) -> bool:
     return await anyio.to_thread.run_sync(check)
 
 
+def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    return connection.client.host if connection.client else "unknown"
+
+
+async def authenticate_basic(
+    services: Services, encoded: str, connection: ASGIConnection[Any, Any, Any, Any]
+) -> Principal:
+    username, password = parse_basic(encoded)
+    address = client_address(connection)
+    # Before anything looks at the password, even the cache: a throttled guess learns nothing.
+    earlier_failures = await services.login_throttle.check(username, address)
+    cached = services.credentials.get(username, password)
+    if cached is not None:
+        return cached
+    async with services.engine.connect() as conn:
+        user = await queries.user_by_username(conn, username)
+    ok = await verify_password(user.password_hash if user else _DUMMY_HASH, password)
+    if user is None or not ok:
+        await services.login_throttle.record_failure(username, address)
+        raise unauthenticated("Invalid username or password.")
+    if earlier_failures:
+        await services.login_throttle.record_success(username, address)
+    principal = user_principal(user.id, user.username, "basic")
+    services.credentials.put(username, password, principal)
+    return principal
+
+
+# ---------------------------------------------------------------- bearer tokens
+
+JWT_ISSUER = "ledgerq"
+JWT_ALGORITHM = "HS256"
+
+
+def issue_token(secret_key: str, principal: Principal, ttl_seconds: int) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": JWT_ISSUER,
+        "sub": str(principal.id),
+        "name": principal.username,
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    return jwt.encode(claims, secret_key, algorithm=JWT_ALGORITHM)
+
+
+def verify_token(secret_key: str, token: str) -> Principal:
+    """A token is its own proof (signature and expiry): no database lookup per request."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret_key,
+            algorithms=[JWT_ALGORITHM],
+            issuer=JWT_ISSUER,
+            options={"require": ["iss", "sub", "iat", "exp"]},
+        )
+        user_id = UUID(claims["sub"])
+        username = str(claims.get("name", ""))
+    except jwt.ExpiredSignatureError:
+        raise unauthenticated("The token has expired.", bearer_error="invalid_token") from None
+    except (jwt.InvalidTokenError, ValueError, TypeError):
+        raise unauthenticated("The token is not valid.", bearer_error="invalid_token") from None
+    return user_principal(user_id, username, "bearer")
+
+
+# ---------------------------------------------------------------- API keys and the master key
+
+API_KEY_PREFIX = "lq_"
+# The stored lookup prefix: "lq_" and 9 characters (54 random bits) of the secret.
+API_KEY_LOOKUP_LENGTH = 12
+_API_KEY_LENGTH = len(API_KEY_PREFIX) + 43  # 32 bytes in unpadded urlsafe base64
+_URLSAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    secret: str
+    prefix: str
+    secret_hash: bytes
+
+
+def secret_hash(secret: str) -> bytes:
+    # SHA-256 suffices: the secret has 256 random bits, nothing to brute-force as with passwords.
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def new_api_key() -> NewApiKey:
+    secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    return NewApiKey(secret, secret[:API_KEY_LOOKUP_LENGTH], secret_hash(secret))
+
+
+def _looks_like_api_key(value: str) -> bool:
+    return (
+        len(value) == _API_KEY_LENGTH
+        and value.startswith(API_KEY_PREFIX)
+        and set(value[len(API_KEY_PREFIX) :]) <= _URLSAFE
+    )
+
+
+def _is_master_key(services: Services, value: str) -> bool:
+    master = services.settings.master_key
+    if master is None:
+        return False
+    # Digests first: compare_digest is constant time only for inputs of equal length.
+    return hmac.compare_digest(secret_hash(value), secret_hash(master))
+
+
+def master_principal() -> Principal:
+    return Principal(
+        id=MASTER_ID, username="(master key)", method="master_key", scopes=frozenset({ADMIN}),
+        is_admin=True,
+    )  # fmt: skip
+
+
+async def authenticate_api_key(services: Services, value: str) -> Principal:
+    if _is_master_key(services, value):
+        return master_principal()
+    if not _looks_like_api_key(value):
+        raise unauthenticated("Invalid API key.")
+    digest = secret_hash(value)
+    # One indexed lookup per request and no cache, so a revoked key fails on its next request
+    # in every API process.
+    async with services.engine.begin() as conn:
+        candidates = await access.live_keys_with_prefix(conn, value[:API_KEY_LOOKUP_LENGTH])
+        key = next((k for k in candidates if hmac.compare_digest(k.secret_hash, digest)), None)
+        if key is None:
+            raise unauthenticated("Invalid API key.")
+        stale = dt.datetime.now(dt.UTC) - access.LAST_USED_INTERVAL
+        if key.last_used_at is None or key.last_used_at < stale:
+            await access.touch_api_key(conn, key.id)
+    scopes = frozenset(key.scopes)
+    return Principal(
+        id=key.user_id,
+        username=key.username,
+        method="api_key",
+        scopes=scopes,
+        is_admin=ADMIN in scopes,
+        api_key_id=key.id,
+        rate_limit=key.rate_limit,
+    )
+
+
+# ---------------------------------------------------------------- the middleware
+
+
 class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        header = connection.headers.get("authorization")
-        if not header:
-            raise unauthenticated("Authentication required.")
-        username, password = parse_basic(header)
+        authorization = connection.headers.get("authorization")
+        api_key = connection.headers.get("x-api-key")
         services = services_of(connection.app)
-        cached = services.credentials.get(username, password)
-        if cached is not None:
-            return AuthenticationResult(user=cached, auth="basic")
-        async with services.engine.connect() as conn:
-            user = await queries.user_by_username(conn, username)
-        ok = await verify_password(user.password_hash if user else _DUMMY_HASH, password)
-        if user is None or not ok:
-            raise unauthenticated("Invalid username or password.")
-        principal = Principal(id=user.id, username=user.username, method="basic")
-        services.credentials.put(username, password, principal)
-        return AuthenticationResult(user=principal, auth="basic")
+        if authorization is not None and api_key is not None:
+            raise unauthenticated("Use one authentication method per request, not two.")
+        if api_key is not None:
+            principal = await authenticate_api_key(services, api_key.strip())
+        elif authorization is not None:
+            scheme, _, credentials = authorization.strip().partition(" ")
+            if scheme.lower() == "basic" and credentials:
+                principal = await authenticate_basic(services, credentials, connection)
+            elif scheme.lower() == "bearer" and credentials:
+                principal = verify_token(
+                    services.settings.require_secret_key(), credentials.strip()
+                )
+            else:
+                raise unauthenticated("Use HTTP Basic, a Bearer token or an X-API-Key.")
+        else:
+            raise unauthenticated("Authentication required.")
+        return AuthenticationResult(user=principal, auth=principal.method)
 
 
 PUBLIC_PATHS = [

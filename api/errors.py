@@ -18,6 +18,7 @@ from litestar.exceptions import (
 from litestar.exceptions.http_exceptions import (
     ClientException,
     MethodNotAllowedException,
+    RequestEntityTooLarge,
     TooManyRequestsException,
 )
 from litestar.plugins.problem_details import (
@@ -96,6 +97,7 @@ _GENERIC_CODES: dict[type[Exception], tuple[int, str]] = {
     NotFoundException: (404, "not_found"),
     MethodNotAllowedException: (405, "method_not_allowed"),
     TooManyRequestsException: (429, "rate_limited"),
+    RequestEntityTooLarge: (413, "body_too_large"),
     SerializationException: (400, "malformed_body"),
 }
 

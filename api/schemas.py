@@ -53,6 +53,63 @@ class UserOut(Struct, kw_only=True):
     created_at: dt.datetime
 
 
+class UserPage(Struct, kw_only=True):
+    items: list[UserOut]
+    next_cursor: str | None
+
+
+class TokenOut(Struct, kw_only=True):
+    access_token: str
+    token_type: Literal["bearer"]
+    expires_in: Annotated[int, Meta(description="Seconds until the token expires.")]
+
+
+Scope = Literal["accounts:read", "operations:write", "admin"]
+
+
+class ApiKeyCreate(Body):
+    name: Annotated[str, Meta(min_length=1, max_length=100)]
+    scopes: Annotated[
+        list[Scope],
+        Meta(
+            min_length=1,
+            max_length=3,
+            description="`accounts:read` (accounts, entries, operations), `operations:write` "
+            "(submit and cancel operations, open accounts), `admin` (only the admin may grant it).",
+        ),
+    ]
+    user_id: Annotated[
+        UUID | None, Meta(description="Whose key; only the admin may name another user.")
+    ] = None
+    rate_limit: (
+        Annotated[
+            int,
+            Meta(ge=1, le=1_000_000, description="Requests per rate limit window for this key."),
+        ]
+        | None
+    ) = None
+
+
+class ApiKeyOut(Struct, kw_only=True):
+    id: UUID
+    user_id: UUID
+    name: str
+    prefix: Annotated[str, Meta(description="The secret's first characters, to recognize it.")]
+    scopes: list[str]
+    rate_limit: int | None
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut, kw_only=True):
+    secret: Annotated[str, Meta(description="Send as `X-API-Key`. Shown only in this answer.")]
+
+
+class ApiKeyPage(Struct, kw_only=True):
+    items: list[ApiKeyOut]
+    next_cursor: str | None
+
+
 class AccountCreate(Body):
     name: Annotated[str, Meta(min_length=1, max_length=100)]
     type: Literal["checking", "savings"]
@@ -73,6 +130,15 @@ class AccountOut(Struct, kw_only=True):
 
 class AccountPage(Struct, kw_only=True):
     items: list[AccountOut]
+    next_cursor: str | None
+
+
+class AdminAccountOut(AccountOut, kw_only=True):
+    owner_id: Annotated[UUID | None, Meta(description="None for system accounts (world, custody).")]
+
+
+class AdminAccountPage(Struct, kw_only=True):
+    items: list[AdminAccountOut]
     next_cursor: str | None
 
 

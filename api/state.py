@@ -17,6 +17,7 @@ from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.backlog import BacklogMonitor
+from api.ratelimit import LoginThrottle, login_throttle
 from api.waiters import CompletionWaiters
 from worker.events import OPERATIONS_CHANNEL
 from worker.settings import Settings
@@ -34,6 +35,7 @@ class Services:
     engine: AsyncEngine
     redis: redis.asyncio.Redis
     credentials: CredentialCache
+    login_throttle: LoginThrottle
     backlog: BacklogMonitor
     waiters: CompletionWaiters = field(default_factory=CompletionWaiters)
 
@@ -74,6 +76,7 @@ def lifespan_for(
             engine=engine,
             redis=redis_client,
             credentials=credentials,
+            login_throttle=login_throttle(redis_client, settings),
             backlog=BacklogMonitor(settings.max_backlog),
         )
         app.state.services = services

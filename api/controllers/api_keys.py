@@ -1,0 +1,105 @@
+"""API keys: create (the secret is shown once), list without secrets, revoke."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.status_codes import HTTP_201_CREATED
+from msgspec.structs import asdict
+
+from api.auth import ADMIN, SCOPES, Principal, forbidden, new_api_key
+from api.controllers.accounts import Cursor, Limit
+from api.errors import ApiError
+from api.pagination import decode_uuid_cursor, encode_cursor
+from api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ApiKeyPage
+from api.state import services_of
+from worker.store import access
+from worker.store.queries import Record
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def api_key_out(row: Record) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=row.id,
+        user_id=row.user_id,
+        name=row.name,
+        prefix=row.prefix,
+        scopes=list(row.scopes),
+        rate_limit=row.rate_limit,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+def key_owner(principal: Principal, data: ApiKeyCreate) -> UUID:
+    """Whose key this is: your own, or, for the admin only, the named user's."""
+    if data.user_id is None:
+        if principal.method == "master_key":
+            raise ApiError(422, "validation_error", "user_id is required", field="user_id")
+        return principal.id
+    if data.user_id != principal.id and not principal.is_admin:
+        raise forbidden("forbidden", "Only the admin may create keys for another user.")
+    return data.user_id
+
+
+class ApiKeyController(Controller):
+    path = "/api/v1/api-keys"
+    tags = ["api keys"]
+
+    @post("/", operation_id="createApiKey", status_code=HTTP_201_CREATED)
+    async def create_api_key(
+        self, request: Request[Principal, Any, Any], data: ApiKeyCreate
+    ) -> Response[ApiKeyCreated]:
+        """Create an API key. The answer holds the secret; it is not stored and cannot be shown again.
+
+        Send it as `X-API-Key`. The key acts as its user, limited to its scopes.
+        """
+        principal = request.user
+        scopes = [s for s in SCOPES if s in data.scopes]  # unique, in a fixed order
+        if ADMIN in scopes and not principal.is_admin:
+            raise forbidden("forbidden", "Only the admin may grant the admin scope.")
+        owner = key_owner(principal, data)
+        key = new_api_key()
+        async with services_of(request.app).engine.begin() as conn:
+            if owner != principal.id and await access.user_by_id(conn, owner) is None:
+                raise ApiError(404, "user_not_found", "No such user.", field="user_id")
+            row = await access.create_api_key(
+                conn,
+                user_id=owner,
+                name=data.name,
+                prefix=key.prefix,
+                secret_hash=key.secret_hash,
+                scopes=scopes,
+                rate_limit=data.rate_limit,
+            )
+        created = ApiKeyCreated(**asdict(api_key_out(row)), secret=key.secret)
+        return Response(created, status_code=HTTP_201_CREATED, headers=NO_STORE)
+
+    @get("/", operation_id="listApiKeys")
+    async def list_api_keys(
+        self, request: Request[Principal, Any, Any], limit: Limit = 100, cursor: Cursor = None
+    ) -> ApiKeyPage:
+        """Your live API keys, oldest first, without secrets (the admin sees everyone's)."""
+        principal = request.user
+        after = decode_uuid_cursor("api_key", cursor)
+        async with services_of(request.app).engine.connect() as conn:
+            rows = await access.api_keys_page(
+                conn, None if principal.is_admin else principal.id, after, limit + 1
+            )
+        items = [api_key_out(r) for r in rows[:limit]]
+        next_cursor = encode_cursor("api_key", items[-1].id) if len(rows) > limit else None
+        return ApiKeyPage(items=items, next_cursor=next_cursor)
+
+    @delete("/{key_id:uuid}", operation_id="revokeApiKey")
+    async def revoke_api_key(self, request: Request[Principal, Any, Any], key_id: UUID) -> None:
+        """Revoke a key: its next request, to any API process, is refused."""
+        principal = request.user
+        async with services_of(request.app).engine.begin() as conn:
+            revoked = await access.revoke_api_key(
+                conn, key_id, None if principal.is_admin else principal.id
+            )
+        if not revoked:
+            raise ApiError(404, "api_key_not_found", "No such API key.")
