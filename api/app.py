@@ -9,16 +9,21 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, Reference, SecurityScheme
 
-from api.auth import CredentialCache, authentication_middleware, require_access
+from api.auth import PUBLIC_PATHS, CredentialCache, authentication_middleware, require_access
 from api.controllers.accounts import AccountController
 from api.controllers.admin import AdminController
 from api.controllers.api_keys import ApiKeyController
 from api.controllers.auth import AuthController
 from api.controllers.health import health, ready
 from api.controllers.operations import OperationController
-from api.errors import internal_error_handler, problem_details_plugin
+from api.errors import ProblemResponsesPlugin, internal_error_handler, problem_details_plugin
 from api.logging import configure_logging
-from api.ratelimit import RATE_LIMIT_STORE, rate_limit_config, rate_limit_store
+from api.ratelimit import (
+    RATE_LIMIT_EXCLUDE,
+    RATE_LIMIT_STORE,
+    rate_limit_config,
+    rate_limit_store,
+)
 from api.state import channels_plugin, lifespan_for
 from worker.settings import Settings, get_settings
 
@@ -61,7 +66,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=middleware,
         guards=[require_access],
         stores={RATE_LIMIT_STORE: rate_limit_store(redis_client)},
-        plugins=[problem_details_plugin(), channels_plugin(redis_client)],
+        plugins=[
+            problem_details_plugin(),
+            ProblemResponsesPlugin(PUBLIC_PATHS, probe_paths=RATE_LIMIT_EXCLUDE),
+            channels_plugin(redis_client),
+        ],
         exception_handlers={Exception: internal_error_handler},
         lifespan=[lifespan_for(settings, redis_client, CredentialCache())],
         request_max_body_size=1024 * 1024,

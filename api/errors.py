@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -21,12 +23,16 @@ from litestar.exceptions.http_exceptions import (
     RequestEntityTooLarge,
     TooManyRequestsException,
 )
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.plugins import ReceiveRoutePlugin
 from litestar.plugins.problem_details import (
     ProblemDetailsConfig,
     ProblemDetailsException,
     ProblemDetailsPlugin,
 )
+from litestar.routes import BaseRoute, HTTPRoute
 
+from api.schemas import Problem
 from domain.errors import DomainError
 
 log = structlog.get_logger(__name__)
@@ -132,3 +138,52 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
             }
         )
     )
+
+
+# ---------------------------------------------------------------- the problems, documented
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+# Problems particular to a route, beyond those every route of its kind can answer.
+ROUTE_PROBLEMS: dict[str, set[int]] = {
+    "register": {409},
+    "cancelOperation": {409},
+    "submitOperation": {503},
+    "submitOperationBatch": {503},
+}
+
+
+class ProblemResponsesPlugin(ReceiveRoutePlugin):
+    """Documents, on every route, the problem details it can answer, as they really are.
+
+    Litestar documents a 400 with its own validation body (`status_code`, `detail`, `extra`) as
+    `application/json`; this API answers every error as RFC 9457 `application/problem+json`
+    (validation errors as 422). Clients and schemathesis read the OpenAPI document, so it says so.
+    """
+
+    def __init__(self, public_paths: Iterable[str], probe_paths: Iterable[str]) -> None:
+        self.public = [re.compile(p) for p in public_paths]
+        self.probes = [re.compile(p) for p in probe_paths]
+
+    def receive_route(self, route: BaseRoute) -> None:
+        if not isinstance(route, HTTPRoute) or any(p.match(route.path) for p in self.probes):
+            return
+        public = any(p.match(route.path) for p in self.public)
+        for handler in route.route_handlers:
+            if not handler.include_in_schema or "OPTIONS" in handler.http_methods:
+                continue
+            statuses = {400, 422, 429} | ROUTE_PROBLEMS.get(str(handler.operation_id), set())
+            if not public:
+                statuses |= {401, 403, 404}
+            if "data" in handler.parsed_fn_signature.parameters:
+                statuses.add(413)
+            documented = {
+                status: ResponseSpec(
+                    data_container=Problem,
+                    media_type=PROBLEM_MEDIA_TYPE,
+                    description=HTTPStatus(status).phrase,
+                    generate_examples=False,
+                )
+                for status in sorted(statuses)
+            }
+            handler.responses = {**documented, **(handler.responses or {})}

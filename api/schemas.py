@@ -204,7 +204,10 @@ class OperationPage(Struct, kw_only=True):
 
 
 class Problem(Struct, kw_only=True, omit_defaults=True):
-    """RFC 9457 problem details, as embedded in a batch result."""
+    """RFC 9457 problem details: the body of every error, and of each refused item of a batch.
+
+    Some problems carry more members (`errors` on validation, `required_scope` on 403).
+    """
 
     type: str
     title: str
