@@ -333,8 +333,9 @@ async def authenticate_api_key(services: Services, value: str) -> Principal:
         raise unauthenticated("Invalid API key.")
     digest = secret_hash(value)
     # One indexed lookup per request and no cache, so a revoked key fails on its next request
-    # in every API process.
-    async with services.engine.begin() as conn:
+    # in every API process. Autocommit: each statement stands alone, no BEGIN/COMMIT round trips.
+    async with services.engine.connect() as raw:
+        conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
         candidates = await access.live_keys_with_prefix(conn, value[:API_KEY_LOOKUP_LENGTH])
         key = next((k for k in candidates if hmac.compare_digest(k.secret_hash, digest)), None)
         if key is None:
