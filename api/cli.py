@@ -32,7 +32,7 @@ from worker.settings import (
     SettingsError,
     get_settings,
     normalize_database_url,
-    parse_partition_set,
+    parse_worker_partitions,
 )
 
 if TYPE_CHECKING:
@@ -132,19 +132,22 @@ def api_command(settings: Settings) -> list[str]:
 
 def worker_command(
     settings: Settings,
-    partitions: Sequence[int],
+    partitions: Sequence[int] | None,
     pid: int,
     pool: str | None = None,
     concurrency: int = 1,
 ) -> list[str]:
-    queues = [CONTROL_QUEUE, *(queue_for_partition(p) for p in partitions)]
+    """partitions None: `auto`, the worker starts on the control queue and leases its partitions'
+    queues at run time (worker/leases.py)."""
+    queues = [CONTROL_QUEUE, *(queue_for_partition(p) for p in partitions or ())]
+    label = "auto" if partitions is None else partitions_label(partitions)
     argv = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
         "-Q", ",".join(queues),
         "--concurrency", str(concurrency),
         "--prefetch-multiplier", "1",
         # Celery expands %h to the host name; the pid survives the exec, so names stay unique.
-        "-n", f"ledgerq-{partitions_label(partitions)}-{pid}@%h",
+        "-n", f"ledgerq-{label}-{pid}@%h",
         "--without-gossip",
         "--without-mingle",
         "--loglevel", settings.log_level,
@@ -153,6 +156,17 @@ def worker_command(
     if pool is not None:
         argv += ["--pool", pool]
     return argv
+
+
+def flower_command(settings: Settings) -> list[str]:
+    # Flower follows the workers through task events (workers run with -E) and asks them with
+    # `celery inspect`; it needs only the broker.
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "flower",
+        f"--address={settings.flower_host}",
+        f"--port={settings.flower_port}",
+        "--logging=" + settings.log_level.lower(),
+    ]  # fmt: skip
 
 
 def beat_command(settings: Settings) -> list[str]:
@@ -194,11 +208,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     partitions = settings.worker_partitions
     if args.partitions is not None:
-        partitions = parse_partition_set("--partitions", args.partitions, settings.partitions)
+        # The worker process reads the mode (auto or fixed) from the environment, so pass it on.
+        os.environ["LEDGERQ_WORKER_PARTITIONS"] = args.partitions
+        partitions = parse_worker_partitions(args.partitions, settings.partitions)
     if args.concurrency > 1:
         # Correct either way (see DESIGN), but per-account FIFO needs one consumer per partition.
         errors.print("[yellow]warning:[/] --concurrency > 1 gives up per-account FIFO order")
     _exec(worker_command(settings, partitions, os.getpid(), args.pool, args.concurrency))
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    _exec(flower_command(_settings()))
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
@@ -416,7 +436,8 @@ def _supervise(settings: Settings, data_dir: Path, stop: _Stop) -> int:
     """Run api, worker and beat until a signal (exit 0) or until one of them exits (exit 1)."""
     children: dict[str, _Child] = {}
     try:
-        children["worker"] = _spawn("worker", ["--partitions", "all"])
+        # `auto`: the worker leases every partition (it is alone), as a deployed worker would.
+        children["worker"] = _spawn("worker", ["--partitions", "auto"])
         children["beat"] = _spawn("beat", [])
         children["api"] = _spawn("api", [])
         health = f"http://{_url_host(_probe_host(settings.api_host))}:{settings.api_port}/health"
@@ -519,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--partitions",
         metavar="SPEC",
-        help="partitions to consume, `all` or like `0-3,6` (default LEDGERQ_WORKER_PARTITIONS)",
+        help="partitions to consume: `auto` (leased fair share), `all` or like `0-3,6` "
+        "(default LEDGERQ_WORKER_PARTITIONS)",
     )
     worker.add_argument("--pool", choices=("prefork", "solo", "threads"), help="Celery pool")
     worker.add_argument(
@@ -530,6 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes or threads (default 1: one consumer per partition keeps FIFO order)",
     )
     worker.set_defaults(handler=cmd_worker)
+
+    flower = sub.add_parser(
+        "flower",
+        help="run Flower (Celery monitoring UI) on LEDGERQ_FLOWER_HOST:LEDGERQ_FLOWER_PORT",
+    )
+    flower.set_defaults(handler=cmd_flower)
 
     beat = sub.add_parser("beat", help="run Celery beat (the sweeper schedule)")
     beat.set_defaults(handler=cmd_beat)

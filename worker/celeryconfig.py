@@ -21,13 +21,25 @@ broker_connection_retry_on_startup = True
 #   PostgreSQL and finds only what is still pending).
 # - reject_on_worker_lost: a pool child killed by a signal requeues its message instead of acking it.
 # - prefetch_multiplier=1: a worker holds no doorbells of other partitions while it drains one.
-# - visibility_timeout (Redis broker): an unacked message of a vanished worker comes back after five
+# - visibility_timeout (Redis broker only; RabbitMQ requeues a dead consumer's unacked messages
+#   when its channel closes): an unacked message of a vanished worker comes back after five
 #   minutes; a drain slice lasts about a second, so a live worker never sees its own message twice.
 #   The sweeper re-rings stale partitions within seconds, so this is a backstop, not the path.
+# - cancel_long_running_tasks_on_connection_loss off (and said, to keep Celery from warning): a
+#   drain running when the broker connection drops keeps going and commits its batches; the copy
+#   the broker redelivers waits on the partition's advisory lock and finds only what is left.
+#   Cancelling would kill the drain mid-transaction and redo the same work.
+# With RabbitMQ, mind its consumer_timeout (30 min by default) only if a drain could run that long;
+# a drain yields after about a second.
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-broker_transport_options = {"visibility_timeout": 300}
+worker_cancel_long_running_tasks_on_connection_loss = False
+broker_transport_options = (
+    {"visibility_timeout": 300}
+    if broker_url.startswith(("redis://", "rediss://", "unix://"))
+    else {}
+)
 
 # Results live in PostgreSQL (the operation's status); no result backend.
 task_ignore_result = True

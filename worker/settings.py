@@ -47,12 +47,15 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var(
         "LEDGERQ_WORKER_PARTITIONS",
-        "all",
-        "Partitions this worker consumes: `all` or a list like `0-3,6`.",
+        "auto",
+        "Partitions this worker consumes: `auto` (a fair share, by leases in Redis, rebalanced as "
+        "workers come and go), `all`, or a fixed list like `0-3,6`.",
     ),
     Var("LEDGERQ_API_HOST", "127.0.0.1", "Address the API listens on."),
     Var("LEDGERQ_API_PORT", "8000", "Port the API listens on."),
     Var("LEDGERQ_API_WORKERS", "1", "API processes started by `ledgerq api`."),
+    Var("LEDGERQ_FLOWER_HOST", "127.0.0.1", "Address Flower (`ledgerq flower`) listens on."),
+    Var("LEDGERQ_FLOWER_PORT", "5555", "Port Flower (`ledgerq flower`) listens on."),
     Var("LEDGERQ_BATCH_SIZE", "500", "Most operations the worker applies in one transaction."),
     Var(
         "LEDGERQ_MAX_BACKLOG",
@@ -149,6 +152,13 @@ def parse_partition_set(name: str, raw: str, partitions: int) -> tuple[int, ...]
     return tuple(sorted(chosen))
 
 
+def parse_worker_partitions(raw: str, partitions: int) -> tuple[int, ...] | None:
+    """LEDGERQ_WORKER_PARTITIONS: None for `auto` (leases), else the fixed set."""
+    if raw.strip() == "auto":
+        return None
+    return parse_partition_set("LEDGERQ_WORKER_PARTITIONS", raw, partitions)
+
+
 def normalize_database_url(url: str) -> str:
     """SQLAlchemy needs the psycopg (v3) driver named in the URL; accept plain postgres URLs too."""
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
@@ -165,10 +175,13 @@ class Settings:
     redis_url: str
     broker_url: str
     partitions: int
-    worker_partitions: tuple[int, ...]
+    # None: `auto`, the worker leases a fair share of the partitions (worker/leases.py).
+    worker_partitions: tuple[int, ...] | None
     api_host: str
     api_port: int
     api_workers: int
+    flower_host: str
+    flower_port: int
     batch_size: int
     max_backlog: int
     sweep_interval: float
@@ -211,12 +224,12 @@ class Settings:
             redis_url=redis_url,
             broker_url=env.get("LEDGERQ_BROKER_URL") or redis_url,
             partitions=partitions,
-            worker_partitions=parse_partition_set(
-                "LEDGERQ_WORKER_PARTITIONS", get("LEDGERQ_WORKER_PARTITIONS"), partitions
-            ),
+            worker_partitions=parse_worker_partitions(get("LEDGERQ_WORKER_PARTITIONS"), partitions),
             api_host=get("LEDGERQ_API_HOST"),
             api_port=number("LEDGERQ_API_PORT", 1, 65535),
             api_workers=number("LEDGERQ_API_WORKERS", 1, 64),
+            flower_host=get("LEDGERQ_FLOWER_HOST"),
+            flower_port=number("LEDGERQ_FLOWER_PORT", 1, 65535),
             batch_size=number("LEDGERQ_BATCH_SIZE", 1, 10_000),
             max_backlog=number("LEDGERQ_MAX_BACKLOG", 0, 1_000_000_000),
             sweep_interval=float(number("LEDGERQ_SWEEP_INTERVAL", 1, 3600)),
