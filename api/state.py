@@ -17,6 +17,7 @@ from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.backlog import BacklogMonitor
+from api.directory import AccountDirectory
 from api.ratelimit import LoginThrottle, login_throttle
 from api.waiters import CompletionWaiters
 from worker.events import OPERATIONS_CHANNEL
@@ -38,6 +39,7 @@ class Services:
     login_throttle: LoginThrottle
     backlog: BacklogMonitor
     waiters: CompletionWaiters = field(default_factory=CompletionWaiters)
+    accounts: AccountDirectory = field(default_factory=AccountDirectory)
 
 
 def services_of(app: Litestar) -> Services:
