@@ -15,6 +15,13 @@ from api.controllers.admin import AdminController
 from api.controllers.api_keys import ApiKeyController
 from api.controllers.auth import AuthController
 from api.controllers.health import health, ready
+from api.controllers.investments import (
+    AssetController,
+    ClientController,
+    PortfolioController,
+    ReportController,
+    follow_captado,
+)
 from api.controllers.operations import OperationController
 from api.errors import ProblemResponsesPlugin, internal_error_handler, problem_details_plugin
 from api.logging import configure_logging
@@ -62,6 +69,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AccountController,
             OperationController,
             AdminController,
+            AssetController,
+            PortfolioController,
+            ClientController,
+            ReportController,
+            follow_captado,
         ],
         middleware=middleware,
         guards=[require_access],

@@ -102,6 +102,16 @@ ACCESS: dict[str, str] = {
     "listOperations": ACCOUNTS_READ,
     "listUsers": ADMIN,
     "listAllAccounts": ADMIN,
+    "createAsset": ADMIN,
+    "upsertPrices": ADMIN,
+    "listAssets": ACCOUNTS_READ,
+    "getAsset": ACCOUNTS_READ,
+    "listPrices": ACCOUNTS_READ,
+    "getPortfolio": ACCOUNTS_READ,
+    "listClients": ADMIN,
+    "listClientAllocations": ADMIN,
+    "getCaptado": ADMIN,
+    "followCaptado": ADMIN,
 }
 
 
@@ -116,7 +126,8 @@ def require_access(
     principal = connection.scope.get("user")
     if principal is None:
         return  # a public route: the authentication middleware excluded it
-    operation_id = getattr(handler, "operation_id", None)
+    # WebSocket handlers have no OpenAPI operation; they name theirs in `opt`.
+    operation_id = getattr(handler, "operation_id", None) or handler.opt.get("operation_id")
     requirement = ACCESS.get(operation_id) if isinstance(operation_id, str) else None
     if requirement is None:
         log.error("route_without_access_rule", operation_id=str(operation_id))

@@ -200,6 +200,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_prices(args: argparse.Namespace) -> int:
+    """Daily closes from a CSV (`ticker,date,close`): every row is checked first, then all are
+    written in one transaction; a bad file imports nothing and names the line."""
+    from worker.store.db import make_engine
+    from worker.store.investments import PriceFileError, import_prices, parse_price_csv
+
+    url = _database_url()
+    try:
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        print(f"ledgerq: error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    engine = make_engine(url, pool_size=1)
+    try:
+        rows = parse_price_csv(text)
+        with _explain_connection_errors(url), engine.begin() as conn:
+            count = import_prices(conn, rows)
+    except PriceFileError as exc:
+        print(f"ledgerq: error: {args.file}: {exc}; nothing was imported", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    console.print(f"imported {count} closes from {args.file}")
+    return 0
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     _exec(api_command(_settings()))
 
@@ -564,6 +590,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="show every LEDGERQ_* variable and its current value")
     config.set_defaults(handler=cmd_config)
+
+    prices = sub.add_parser(
+        "import-prices",
+        help="import daily closes from a CSV file (ticker,date,close); all or nothing",
+    )
+    prices.add_argument("file", help="CSV with a header line: ticker,date,close")
+    prices.set_defaults(handler=cmd_import_prices)
 
     add_bench_parser(sub)
     return parser

@@ -150,6 +150,7 @@ ROUTE_PROBLEMS: dict[str, set[int]] = {
     "cancelOperation": {409},
     "submitOperation": {503},
     "submitOperationBatch": {503},
+    "createAsset": {409},
 }
 
 

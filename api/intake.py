@@ -20,6 +20,7 @@ from domain.errors import DomainError
 from domain.idempotency import request_fingerprint
 from domain.model import CUSTOMER_KINDS
 from domain.money import parse_amount
+from domain.returns import parse_scaled
 from worker.doorbell import claim_bell
 from worker.routing import partition_for
 from worker.store import queries
@@ -49,18 +50,33 @@ def _invalid(code: str, detail: str, field: str) -> ApiError:
     return ApiError(422, code, detail, field=field)
 
 
+INVESTMENTS = ("allocation", "redemption")
+
+
 def check_shape(data: OperationRequest) -> ApiError | None:
     """Rules that need no database: which fields each operation type takes."""
-    if data.type == "transfer" and data.to_account_id is None:
-        return _invalid(
-            "validation_error", "to_account_id is required for a transfer", "to_account_id"
-        )
-    if data.type != "transfer" and data.to_account_id is not None:
-        return _invalid(
-            "validation_error", f"to_account_id is not allowed for a {data.type}", "to_account_id"
-        )
-    if data.to_account_id is not None and data.to_account_id == data.account_id:
-        return _invalid("same_account", "a transfer needs two different accounts", "to_account_id")
+    investment = data.type in INVESTMENTS
+    problems: list[tuple[bool, str, str, str]] = [
+        (data.type == "transfer" and data.to_account_id is None,
+         "validation_error", "to_account_id is required for a transfer", "to_account_id"),
+        (data.type != "transfer" and data.to_account_id is not None,
+         "validation_error", f"to_account_id is not allowed for a {data.type}", "to_account_id"),
+        (data.to_account_id is not None and data.to_account_id == data.account_id,
+         "same_account", "a transfer needs two different accounts", "to_account_id"),
+        (investment and data.asset_id is None,
+         "validation_error", f"asset_id is required for an {data.type}", "asset_id"),
+        (not investment and data.asset_id is not None,
+         "validation_error", f"asset_id is not allowed for a {data.type}", "asset_id"),
+        (data.quantity is not None and data.type != "redemption",
+         "validation_error", "quantity is only for a redemption", "quantity"),
+        (data.type == "redemption" and (data.amount is None) == (data.quantity is None),
+         "validation_error", "a redemption takes exactly one of amount or quantity", "amount"),
+        (data.amount is None and data.type != "redemption",
+         "validation_error", "amount is required", "amount"),
+    ]  # fmt: skip
+    for failed, code, detail, field in problems:
+        if failed:
+            return _invalid(code, detail, field)
     return None
 
 
@@ -69,6 +85,7 @@ def prepare(
     submission: Submission,
     accounts: dict[UUID, Record],
     partitions: int,
+    asset_currencies: dict[UUID, str],
 ) -> NewOperation | ApiError:
     data = submission.request
     if (error := check_shape(data)) is not None:
@@ -78,9 +95,20 @@ def prepare(
         # Someone else's account is indistinguishable from a missing one.
         return ApiError(404, "account_not_found", "No such account.", field="account_id")
     try:
-        amount = parse_amount(data.amount, account.currency)
+        amount = parse_amount(data.amount, account.currency) if data.amount is not None else 0
+        quantity = parse_scaled(data.quantity, "quantity") if data.quantity is not None else None
     except DomainError as exc:
         return from_domain_error(exc)
+    if data.asset_id is not None:
+        asset_currency = asset_currencies.get(data.asset_id)
+        if asset_currency is None:
+            return _invalid("asset_not_found", "asset_id names no asset", "asset_id")
+        if asset_currency != account.currency:
+            return _invalid(
+                "currency_mismatch",
+                f"the asset trades in {asset_currency}, the account holds {account.currency}",
+                "asset_id",
+            )
     if data.to_account_id is not None:
         target = accounts.get(data.to_account_id)
         if target is None or target.kind not in CUSTOMER_KINDS:
@@ -100,6 +128,8 @@ def prepare(
             "currency": account.currency,
             "category": data.category,
             "description": data.description,
+            "asset_id": data.asset_id,
+            "quantity": quantity,
         }
     )
     return NewOperation(
@@ -114,6 +144,8 @@ def prepare(
         partition=partition_for(data.account_id, partitions),
         category=data.category,
         description=data.description,
+        asset_id=data.asset_id,
+        quantity=quantity,
     )
 
 
@@ -143,8 +175,10 @@ async def submit(
     async with services.engine.connect() as raw:
         conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
         accounts = await services.accounts.lookup(conn, referenced)
+        asset_ids = {s.request.asset_id for s in submissions if s.request.asset_id is not None}
+        asset_currencies = await queries.asset_currencies(conn, asset_ids) if asset_ids else {}
         for s in submissions:
-            prepared = prepare(principal_id, s, accounts, settings.partitions)
+            prepared = prepare(principal_id, s, accounts, settings.partitions, asset_currencies)
             if isinstance(prepared, NewOperation) and services.backlog.is_full(prepared.partition):
                 prepared = ApiError(
                     503,

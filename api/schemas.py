@@ -159,11 +159,21 @@ class EntryPage(Struct, kw_only=True):
     next_cursor: str | None
 
 
+Quantity = Annotated[
+    Decimal,
+    Meta(description="Units of an asset, up to 8 decimals, as a decimal string.", examples=["1.5"]),
+]
+
+
 class OperationRequest(Body):
-    type: Literal["deposit", "withdrawal", "transfer"]
+    type: Literal["deposit", "withdrawal", "transfer", "allocation", "redemption"]
     account_id: UUID
-    amount: AmountIn
+    # Required, except for a redemption by `quantity`.
+    amount: AmountIn | None = None
     to_account_id: UUID | None = None
+    # Allocations and redemptions: the asset; a redemption sells `quantity` units or raises `amount`.
+    asset_id: UUID | None = None
+    quantity: Quantity | None = None
     category: Category | None = None
     description: Description | None = None
 
@@ -188,8 +198,11 @@ class OperationOut(Struct, kw_only=True):
     status: str
     account_id: UUID
     to_account_id: UUID | None
-    amount: str
+    amount: str | None
     currency: str
+    asset_id: UUID | None
+    quantity: str | None
+    price: str | None
     category: str | None
     description: str | None
     error: OperationError | None
@@ -235,3 +248,149 @@ class BatchResponse(Struct, kw_only=True):
 class Health(Struct, kw_only=True):
     status: str
     checks: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- investments
+
+AssetKind = Literal["stock", "fund", "bond", "etf", "reit", "crypto", "other"]
+Decimal8 = Annotated[
+    Decimal, Meta(description="Up to 8 decimals, as a decimal string.", examples=["27.35"])
+]
+
+
+class AssetCreate(Body):
+    ticker: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,15}$", examples=["PETR4"])]
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    kind: AssetKind
+    currency: Currency
+
+
+class AssetOut(Struct, kw_only=True):
+    id: UUID
+    ticker: str
+    name: str
+    kind: str
+    currency: str
+    created_at: dt.datetime
+
+
+class AssetPage(Struct, kw_only=True):
+    items: list[AssetOut]
+    next_cursor: str | None
+
+
+class PriceIn(Body):
+    date: dt.date
+    close: Decimal8
+
+
+class PricesUpsert(Body):
+    prices: Annotated[list[PriceIn], Meta(min_length=1, max_length=5000)]
+
+
+class PricesUpserted(Struct, kw_only=True):
+    asset_id: UUID
+    upserted: int
+
+
+class PriceOut(Struct, kw_only=True):
+    date: dt.date
+    close: str
+
+
+class PriceSeries(Struct, kw_only=True):
+    asset_id: UUID
+    items: list[PriceOut]
+
+
+class PositionOut(Struct, kw_only=True):
+    account_id: UUID
+    asset_id: UUID
+    ticker: str
+    name: str
+    currency: str
+    units: str
+    invested: str
+    close: str | None
+    market_value: str | None
+    simple_return: str | None
+    time_weighted_return: str | None
+
+
+class PortfolioTotal(Struct, kw_only=True):
+    currency: str
+    invested: str
+    market_value: str
+    simple_return: str | None
+    time_weighted_return: str | None
+
+
+class PortfolioOut(Struct, kw_only=True):
+    since: dt.date
+    until: dt.date
+    positions: list[PositionOut]
+    totals: list[PortfolioTotal]
+
+
+class CurrencyTotals(Struct, kw_only=True):
+    currency: str
+    invested: str
+    market_value: str
+
+
+class ClientOut(Struct, kw_only=True):
+    id: UUID
+    username: str
+    totals: list[CurrencyTotals]
+
+
+class ClientPage(Struct, kw_only=True):
+    items: list[ClientOut]
+    next_cursor: str | None
+
+
+class InvestmentOut(Struct, kw_only=True):
+    id: UUID
+    type: str
+    status: str
+    account_id: UUID
+    asset_id: UUID | None
+    amount: str | None
+    quantity: str | None
+    price: str | None
+    currency: str
+    created_at: dt.datetime
+    applied_at: dt.datetime | None
+
+
+class InvestmentPage(Struct, kw_only=True):
+    items: list[InvestmentOut]
+    next_cursor: str | None
+
+
+class CurrencyAmount(Struct, kw_only=True):
+    currency: str
+    amount: str
+
+
+class CaptadoAsset(Struct, kw_only=True):
+    asset_id: UUID
+    ticker: str
+    currency: str
+    amount: str
+
+
+class CaptadoClient(Struct, kw_only=True):
+    client_id: UUID
+    username: str
+    currency: str
+    amount: str
+
+
+class CaptadoOut(Struct, kw_only=True):
+    year: int
+    month: int
+    operations: int
+    totals: list[CurrencyAmount]
+    by_asset: list[CaptadoAsset]
+    by_client: list[CaptadoClient]

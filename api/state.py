@@ -20,7 +20,7 @@ from api.backlog import BacklogMonitor
 from api.directory import AccountDirectory
 from api.ratelimit import LoginThrottle, login_throttle
 from api.waiters import CompletionWaiters
-from worker.events import OPERATIONS_CHANNEL
+from worker.events import CAPTADO_CHANNEL, OPERATIONS_CHANNEL
 from worker.settings import Settings
 from worker.store.db import make_async_engine
 
@@ -50,7 +50,7 @@ def services_of(app: Litestar) -> Services:
 def channels_plugin(redis_client: redis.asyncio.Redis) -> ChannelsPlugin:
     return ChannelsPlugin(
         backend=RedisChannelsPubSubBackend(redis=redis_client),
-        channels=[OPERATIONS_CHANNEL],
+        channels=[OPERATIONS_CHANNEL, CAPTADO_CHANNEL],
     )
 
 

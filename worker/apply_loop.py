@@ -12,11 +12,12 @@ import structlog
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from domain.apply import Applied, apply_batch
-from domain.model import OperationType
+from domain.apply import NO_HOLDINGS, Applied, apply_batch
+from domain.model import INVESTMENT_TYPES, AccountKind, OperationType
 from worker.store.db import is_retryable
 from worker.store.ledger import (
-    ensure_world_accounts,
+    ensure_system_accounts,
+    load_holdings,
     lock_accounts,
     lock_partition,
     pending_batch,
@@ -37,6 +38,7 @@ class Completion:
     error_code: str | None
     account_id: str
     to_account_id: str | None
+    type: str
 
     def as_dict(self) -> dict[str, str | None]:
         return {
@@ -45,6 +47,7 @@ class Completion:
             "error_code": self.error_code,
             "account_id": self.account_id,
             "to_account_id": self.to_account_id,
+            "type": self.type,
         }
 
 
@@ -82,26 +85,37 @@ def apply_next_batch(engine: Engine, partition: int, batch_size: int) -> list[Co
         if not batch:
             return []
         ops = [p.operation for p in batch]
-        world = ensure_world_accounts(
+        world = ensure_system_accounts(
             conn,
+            AccountKind.WORLD,
             (op.currency for op in ops if op.type in _WORLD_TYPES),
             shard=partition,
             known=_known_world,
         )
-        touched: set[UUID] = set(world.values())
+        investments = [op for op in ops if op.type in INVESTMENT_TYPES]
+        custody = ensure_system_accounts(
+            conn,
+            AccountKind.CUSTODY,
+            (op.currency for op in investments),
+            shard=partition,
+            known=_known_world,
+        )
+        touched: set[UUID] = set(world.values()) | set(custody.values())
         for op in ops:
             touched.add(op.account_id)
             if op.to_account_id is not None:
                 touched.add(op.to_account_id)
         balances = lock_accounts(conn, touched)
-        if any(w not in balances for w in world.values()):
+        if any(w not in balances for w in (*world.values(), *custody.values())):
             # The cache outlived its database (dropped and recreated): create the shards again.
-            _known_world.difference_update(world.values())
-            ensure_world_accounts(conn, world, shard=partition)
+            _known_world.difference_update((*world.values(), *custody.values()))
+            ensure_system_accounts(conn, AccountKind.WORLD, world, shard=partition)
+            ensure_system_accounts(conn, AccountKind.CUSTODY, custody, shard=partition)
             balances = lock_accounts(conn, touched)
-        outcomes, changed = apply_batch(ops, balances, world)
+        holdings = load_holdings(conn, investments, custody) if investments else NO_HOLDINGS
+        outcomes, changed = apply_batch(ops, balances, world, holdings)
         write_outcomes(conn, batch, outcomes, changed)
-    _known_world.update(world.values())
+    _known_world.update((*world.values(), *custody.values()))
     return [
         Completion(
             id=str(op.id),
@@ -109,6 +123,7 @@ def apply_next_batch(engine: Engine, partition: int, batch_size: int) -> list[Co
             error_code=None if isinstance(outcome, Applied) else outcome.code,
             account_id=str(op.account_id),
             to_account_id=str(op.to_account_id) if op.to_account_id else None,
+            type=op.type.value,
         )
         for op, outcome in zip(ops, outcomes, strict=True)
     ]

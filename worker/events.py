@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 
@@ -12,8 +13,23 @@ from worker.apply_loop import Completion
 
 log = structlog.get_logger(__name__)
 
-# A plain Redis pub/sub channel; the API listens on it through Litestar's ChannelsPlugin.
+# Plain Redis pub/sub channels; the API listens on them through Litestar's ChannelsPlugin.
 OPERATIONS_CHANNEL = "ledgerq.operations"
+CAPTADO_CHANNEL = "ledgerq.captado"
+_INVESTMENT_TYPES = frozenset({"allocation", "redemption"})
+
+
+def captado_cache_key(year: int, month: int) -> str:
+    return f"ledgerq:captado:{year:04d}-{month:02d}"
+
+
+def months_touched(now: dt.datetime) -> list[tuple[int, int]]:
+    """The month an operation applied just now belongs to; near midnight of the 1st, the
+    previous one too (applied_at was taken inside the transaction, a moment earlier)."""
+    months = {(now.year, now.month)}
+    earlier = now - dt.timedelta(minutes=1)
+    months.add((earlier.year, earlier.month))
+    return sorted(months)
 
 
 def encode_completions(completions: Sequence[Completion]) -> str:
@@ -26,5 +42,14 @@ def publish_completions(client: redis.Redis, completions: Sequence[Completion]) 
         return
     try:
         client.publish(OPERATIONS_CHANNEL, encode_completions(completions))
+        if any(c.type in _INVESTMENT_TYPES and c.status == "succeeded" for c in completions):
+            invalidate_captado(client, dt.datetime.now(dt.UTC))
     except redis.RedisError as exc:
         log.warning("completion_publish_failed", error=str(exc), count=len(completions))
+
+
+def invalidate_captado(client: redis.Redis, now: dt.datetime) -> None:
+    """Drop the cached captado of the month and tell WebSocket followers to recompute it."""
+    for year, month in months_touched(now):
+        client.delete(captado_cache_key(year, month))
+        client.publish(CAPTADO_CHANNEL, json.dumps({"year": year, "month": month}))

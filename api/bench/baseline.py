@@ -32,7 +32,7 @@ from sqlalchemy.exc import DBAPIError
 from domain.apply import Applied, apply_operation
 from domain.model import Account, AccountKind, Operation, OperationType
 from worker.store.db import is_retryable
-from worker.store.ledger import ADVISORY_NAMESPACE, ensure_world_accounts, world_account_id
+from worker.store.ledger import ADVISORY_NAMESPACE, ensure_system_accounts, world_account_id
 
 ATTEMPTS = 8
 
@@ -157,7 +157,7 @@ def prepare_world(engine: Engine, partitions: Sequence[int], currency: str) -> N
     """Create the world shards up front, as the workers would on first use, outside the timing."""
     with engine.begin() as conn:
         for partition in partitions:
-            ensure_world_accounts(conn, [currency], shard=partition)
+            ensure_system_accounts(conn, AccountKind.WORLD, [currency], shard=partition)
 
 
 @contextlib.contextmanager

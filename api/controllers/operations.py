@@ -29,6 +29,7 @@ from api.state import Services, services_of
 from domain.idempotency import parse_idempotency_key
 from domain.model import TERMINAL_STATUSES
 from domain.money import format_amount
+from domain.returns import format_scaled
 from worker.store import queries
 
 log = structlog.get_logger(__name__)
@@ -56,8 +57,12 @@ def operation_out(row: Any) -> OperationOut:
         status=row.status,
         account_id=row.account_id,
         to_account_id=row.to_account_id,
-        amount=format_amount(row.amount, row.currency),
+        # A redemption by quantity has no amount until it is priced.
+        amount=format_amount(row.amount, row.currency) if row.amount else None,
         currency=row.currency,
+        asset_id=row.asset_id,
+        quantity=format_scaled(row.quantity) if row.quantity is not None else None,
+        price=format_scaled(row.price) if row.price is not None else None,
         category=row.category,
         description=row.description,
         error=OperationError(code=row.error_code, message=row.error_message)

@@ -26,12 +26,19 @@ EXAMPLES_PER_OPERATION = 25
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 
 
-def _setup_user(api_url: str) -> dict[str, Any]:
-    """A user with an account, an operation and an API key, so some paths name real things."""
+def _setup_user(api_url: str, master: dict[str, str]) -> dict[str, Any]:
+    """A user with an account, an operation and an API key, and an asset with a close, so some
+    paths name real things."""
     with httpx.Client(base_url=api_url, timeout=30) as http:
+        asset = http.post(
+            "/api/v1/assets",
+            json={"ticker": f"FZ{key()[:6]}".upper(), "name": "fuzz", "kind": "fund", "currency": "USD"},
+            headers=master,
+        ).json()["id"]
         username = f"fuzz-{key()}"
         r = http.post("/api/v1/auth/register", json={"username": username, "password": PASSWORD})
         assert r.status_code == 201, r.text
+        user_id = r.json()["id"]
         token = http.post("/api/v1/auth/token", auth=(username, PASSWORD)).json()["access_token"]
         auth = {"Authorization": f"Bearer {token}"}
         account = http.post(
@@ -49,7 +56,13 @@ def _setup_user(api_url: str) -> dict[str, Any]:
     return {
         "bearer": auth,
         "basic": {"Authorization": httpx.BasicAuth(username, PASSWORD)._auth_header},
-        "path": {"account_id": account, "operation_id": operation, "key_id": api_key},
+        "path": {
+            "account_id": account,
+            "operation_id": operation,
+            "key_id": api_key,
+            "asset_id": asset,
+            "client_id": user_id,
+        },
         # Bodies that debit or credit the caller's own account, so submits get accepted too.
         "bodies": {
             "submitOperation": deposit,
@@ -104,11 +117,13 @@ def fuzz_operation(
 def test_generated_requests_get_no_5xx_and_match_the_schema(
     api_url: str, service_env: dict[str, str]
 ) -> None:
-    user = _setup_user(api_url)
     master = {"X-API-Key": service_env["LEDGERQ_MASTER_KEY"]}
+    user = _setup_user(api_url, master)
+    admin_prefixes = ("/api/v1/admin", "/api/v1/clients", "/api/v1/reports")
 
     def credentials(operation: Any) -> dict[str, str]:
-        if operation.path.startswith("/api/v1/admin"):
+        admin_write = operation.path.startswith("/api/v1/assets") and operation.method.upper() == "POST"
+        if operation.path.startswith(admin_prefixes) or admin_write:
             return master
         if operation.path == "/api/v1/auth/token":
             return user["basic"]

@@ -10,18 +10,23 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from domain.apply import Applied, Outcome, Rejected
+from domain.apply import Applied, Holdings, Outcome, Rejected
+from domain.investments import Position
 from domain.model import Account, AccountKind, Operation, OperationType
-from worker.store.tables import accounts, operations
+from worker.store.tables import accounts, assets, operations, positions
 
 # Advisory locks take (int4, int4): a namespace for ledgerq and the partition number.
 ADVISORY_NAMESPACE = 0x4C51
 _SYSTEM_NAMESPACE = uuid.UUID("6b0f4c1e-2d7a-4d0e-9a51-6c6564676572")
 
 
-def world_account_id(currency: str, shard: int) -> UUID:
+def system_account_id(kind: AccountKind, currency: str, shard: int) -> UUID:
     """Deterministic, so the worker can create a shard on first use without a lookup."""
-    return uuid.uuid5(_SYSTEM_NAMESPACE, f"world:{currency}:{shard}")
+    return uuid.uuid5(_SYSTEM_NAMESPACE, f"{kind.value}:{currency}:{shard}")
+
+
+def world_account_id(currency: str, shard: int) -> UUID:
+    return system_account_id(AccountKind.WORLD, currency, shard)
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ def pending_batch(conn: Connection, partition: int, limit: int) -> list[PendingO
             operations.c.amount,
             operations.c.currency,
             operations.c.category,
+            operations.c.asset_id,
+            operations.c.quantity,
         )
         .where(operations.c.partition == partition, operations.c.status == "pending")
         .order_by(operations.c.seq)
@@ -61,6 +68,8 @@ def pending_batch(conn: Connection, partition: int, limit: int) -> list[PendingO
                 amount=r.amount,
                 currency=r.currency,
                 to_account_id=r.to_account_id,
+                asset_id=r.asset_id,
+                quantity=r.quantity,
             ),
             r.category,
         )
@@ -68,14 +77,20 @@ def pending_batch(conn: Connection, partition: int, limit: int) -> list[PendingO
     ]
 
 
-def ensure_world_accounts(
-    conn: Connection, currencies: Iterable[str], shard: int, known: set[UUID] | None = None
+def ensure_system_accounts(
+    conn: Connection,
+    kind: AccountKind,
+    currencies: Iterable[str],
+    shard: int,
+    known: set[UUID] | None = None,
 ) -> dict[str, UUID]:
-    """The per-currency world account of this shard, created on first use.
+    """The per-currency system account (world or custody) of this shard, created on first use.
 
-    `known` holds ids already committed (world accounts are never deleted), to skip the INSERT.
+    `known` holds ids already committed (system accounts are never deleted), to skip the INSERT.
     """
-    world = {currency: world_account_id(currency, shard) for currency in sorted(set(currencies))}
+    world = {
+        currency: system_account_id(kind, currency, shard) for currency in sorted(set(currencies))
+    }
     missing = {c: i for c, i in world.items() if known is None or i not in known}
     if missing:
         conn.execute(
@@ -85,8 +100,8 @@ def ensure_world_accounts(
                     {
                         "id": account_id,
                         "owner_id": None,
-                        "name": f"world {currency} #{shard}",
-                        "kind": AccountKind.WORLD.value,
+                        "name": f"{kind.value} {currency} #{shard}",
+                        "kind": kind.value,
                         "currency": currency,
                         "shard": shard,
                     }
@@ -153,14 +168,70 @@ _FINISH_OPERATIONS = sa.text(
     """
     UPDATE operations AS o
     SET status = v.status, error_code = v.error_code, error_message = v.error_message,
-        applied_at = clock_timestamp(), updated_at = clock_timestamp()
+        applied_at = clock_timestamp(), updated_at = clock_timestamp(),
+        amount = COALESCE(v.amount, o.amount), quantity = COALESCE(v.quantity, o.quantity),
+        price = COALESCE(v.price, o.price)
     FROM unnest(
         CAST(:ids AS uuid[]), CAST(:statuses AS text[]),
-        CAST(:error_codes AS text[]), CAST(:error_messages AS text[])
-    ) AS v(id, status, error_code, error_message)
+        CAST(:error_codes AS text[]), CAST(:error_messages AS text[]),
+        CAST(:amounts AS bigint[]), CAST(:quantities AS bigint[]), CAST(:prices AS bigint[])
+    ) AS v(id, status, error_code, error_message, amount, quantity, price)
     WHERE o.id = v.id AND o.status = 'pending'
     """
 )
+
+_UPSERT_POSITIONS = sa.text(
+    """
+    INSERT INTO positions (account_id, asset_id, units, invested, updated_at)
+    SELECT v.account_id, v.asset_id, v.units, v.invested, clock_timestamp()
+    FROM unnest(
+        CAST(:account_ids AS uuid[]), CAST(:asset_ids AS uuid[]),
+        CAST(:units AS bigint[]), CAST(:invested AS bigint[])
+    ) AS v(account_id, asset_id, units, invested)
+    ON CONFLICT (account_id, asset_id)
+    DO UPDATE SET units = EXCLUDED.units, invested = EXCLUDED.invested, updated_at = EXCLUDED.updated_at
+    """
+)
+
+# The price an investment trades at: the latest close on or before today (UTC): today's once it
+# is published, the last trading day's before that.
+_LATEST_CLOSES = sa.text(
+    """
+    SELECT DISTINCT ON (asset_id) asset_id, close FROM prices
+    WHERE asset_id = ANY(CAST(:ids AS uuid[])) AND day <= (now() AT TIME ZONE 'UTC')::date
+    ORDER BY asset_id, day DESC
+    """
+)
+
+
+def load_holdings(conn: Connection, ops: Sequence[Operation], custody: dict[str, UUID]) -> Holdings:
+    """Assets, latest closes and current positions for the batch's investment operations.
+
+    Positions need no row lock of their own: they belong to the debited account, whose partition
+    lock this transaction holds, and whose row it has locked.
+    """
+    asset_ids = sorted({op.asset_id for op in ops if op.asset_id is not None})
+    if not asset_ids:
+        return Holdings(positions={}, prices={}, custody=custody, asset_currencies={})
+    currencies = dict(
+        conn.execute(
+            sa.select(assets.c.id, assets.c.currency).where(assets.c.id.in_(asset_ids))
+        ).all()
+    )
+    closes: dict[UUID, int] = {
+        r.asset_id: r.close for r in conn.execute(_LATEST_CLOSES, {"ids": asset_ids})
+    }
+    keys = sorted({(op.account_id, op.asset_id) for op in ops if op.asset_id is not None})
+    rows = conn.execute(
+        sa.select(
+            positions.c.account_id, positions.c.asset_id, positions.c.units, positions.c.invested
+        ).where(sa.tuple_(positions.c.account_id, positions.c.asset_id).in_(keys))
+    ).all()
+    held = {
+        (r.account_id, r.asset_id): Position(r.account_id, r.asset_id, r.units, r.invested)
+        for r in rows
+    }
+    return Holdings(positions=held, prices=closes, custody=custody, asset_currencies=currencies)
 
 
 def write_outcomes(
@@ -204,6 +275,19 @@ def write_outcomes(
             },
         )
 
+    moves = [o.position if isinstance(o, Applied) else None for o in outcomes]
+    final_positions = {(m.account_id, m.asset_id): m for m in moves if m is not None}
+    if final_positions:
+        latest = list(final_positions.values())
+        conn.execute(
+            _UPSERT_POSITIONS,
+            {
+                "account_ids": [m.account_id for m in latest],
+                "asset_ids": [m.asset_id for m in latest],
+                "units": [m.units_after for m in latest],
+                "invested": [m.invested_after for m in latest],
+            },
+        )
     conn.execute(
         _FINISH_OPERATIONS,
         {
@@ -211,5 +295,9 @@ def write_outcomes(
             "statuses": ["succeeded" if isinstance(o, Applied) else "failed" for o in outcomes],
             "error_codes": [o.code if isinstance(o, Rejected) else None for o in outcomes],
             "error_messages": [o.message if isinstance(o, Rejected) else None for o in outcomes],
+            # Investments settle their cash and units at apply time; other operations keep theirs.
+            "amounts": [m.cash if m else None for m in moves],
+            "quantities": [abs(m.units_delta) if m else None for m in moves],
+            "prices": [m.price if m else None for m in moves],
         },
     )

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from worker.store.db import UNIQUE_VIOLATION, sqlstate
-from worker.store.tables import accounts, entries, operations, users
+from worker.store.tables import accounts, assets, entries, operations, users
 
 # A result row; columns are read by name (row.balance), so the tuple shape stays open.
 Record = sa.Row[*tuple[Any, ...]]
@@ -186,6 +186,9 @@ _operation_columns = (
     operations.c.category,
     operations.c.description,
     operations.c.partition,
+    operations.c.asset_id,
+    operations.c.quantity,
+    operations.c.price,
     operations.c.created_at,
     operations.c.updated_at,
     operations.c.applied_at,
@@ -205,6 +208,8 @@ class NewOperation:
     partition: int
     category: str | None
     description: str | None
+    asset_id: UUID | None = None
+    quantity: int | None = None
 
 
 async def insert_operations(
@@ -236,6 +241,8 @@ async def insert_operations(
                         "currency": new.currency,
                         "category": new.category,
                         "description": new.description,
+                        "asset_id": new.asset_id,
+                        "quantity": new.quantity,
                     }
                     for new in news
                 ]
@@ -271,6 +278,15 @@ async def accounts_by_ids(conn: AsyncConnection, account_ids: Iterable[UUID]) ->
         )
     ).all()
     return {r.id: r for r in rows}
+
+
+async def asset_currencies(conn: AsyncConnection, asset_ids: Iterable[UUID]) -> dict[UUID, str]:
+    rows = (
+        await conn.execute(
+            sa.select(assets.c.id, assets.c.currency).where(assets.c.id.in_(set(asset_ids)))
+        )
+    ).all()
+    return {r.id: r.currency for r in rows}
 
 
 async def pending_counts(conn: AsyncConnection) -> dict[int, int]:

@@ -60,6 +60,33 @@ accounts = sa.Table(
     sa.Index("ix_accounts_owner_id_id", "owner_id", "id"),
 )
 
+assets = sa.Table(
+    "assets",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("ticker", sa.Text, nullable=False, unique=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    _timestamp("created_at"),
+    sa.CheckConstraint(
+        "kind IN ('stock', 'fund', 'bond', 'etf', 'reit', 'crypto', 'other')", name="kind"
+    ),
+    sa.CheckConstraint("ticker ~ '^[A-Z0-9][A-Z0-9.\\-]{0,15}$'", name="ticker"),
+    sa.CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency"),
+)
+
+# Daily closing prices, e8 (10^-8 of the asset's currency per unit).
+prices = sa.Table(
+    "prices",
+    metadata,
+    sa.Column("asset_id", UUID(as_uuid=True), sa.ForeignKey("assets.id"), primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("close", sa.BigInteger, nullable=False),
+    _timestamp("updated_at"),
+    sa.CheckConstraint("close > 0", name="close_positive"),
+)
+
 operations = sa.Table(
     "operations",
     metadata,
@@ -80,12 +107,22 @@ operations = sa.Table(
     sa.Column("error_message", sa.Text, nullable=True),
     sa.Column("category", sa.Text, nullable=True),
     sa.Column("description", sa.Text, nullable=True),
+    # Investments: the asset; units_e8 (asked for, or settled); the close (e8) it traded at.
+    sa.Column("asset_id", UUID(as_uuid=True), sa.ForeignKey("assets.id"), nullable=True),
+    sa.Column("quantity", sa.BigInteger, nullable=True),
+    sa.Column("price", sa.BigInteger, nullable=True),
     _timestamp("created_at"),
     _timestamp("updated_at"),
     _timestamp("applied_at", nullable=True),
-    sa.CheckConstraint("amount > 0", name="amount_positive"),
+    # A redemption by quantity learns its amount when it is priced, at apply time.
+    sa.CheckConstraint(
+        "amount > 0 OR (type = 'redemption' AND quantity > 0 AND status <> 'succeeded')",
+        name="amount_positive",
+    ),
     sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed', 'cancelled')", name="status"),
-    sa.CheckConstraint("type IN ('deposit', 'withdrawal', 'transfer')", name="type"),
+    sa.CheckConstraint(
+        "type IN ('deposit', 'withdrawal', 'transfer', 'allocation', 'redemption')", name="type"
+    ),
     sa.UniqueConstraint("principal_id", "idempotency_key"),
     # The apply loop's work list: small, because only pending rows are in it.
     sa.Index(
@@ -103,6 +140,24 @@ operations = sa.Table(
     sa.Index("ix_operations_principal_id_seq", "principal_id", "seq"),
     sa.Index("ix_operations_account_id_seq", "account_id", "seq"),
     sa.Index("ix_operations_to_account_id_seq", "to_account_id", "seq"),
+    # Captado and portfolios read applied investments by time.
+    sa.Index(
+        "ix_operations_investments_applied_at",
+        "applied_at",
+        postgresql_where=sa.text("type IN ('allocation', 'redemption') AND status = 'succeeded'"),
+    ),
+)
+
+# What an account holds of an asset: units_e8 and the cash invested (average cost).
+positions = sa.Table(
+    "positions",
+    metadata,
+    sa.Column("account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), primary_key=True),
+    sa.Column("asset_id", UUID(as_uuid=True), sa.ForeignKey("assets.id"), primary_key=True),
+    sa.Column("units", sa.BigInteger, nullable=False),
+    sa.Column("invested", sa.BigInteger, nullable=False),
+    _timestamp("updated_at"),
+    sa.CheckConstraint("units >= 0 AND invested >= 0", name="non_negative"),
 )
 
 entries = sa.Table(
