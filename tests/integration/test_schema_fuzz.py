@@ -32,7 +32,12 @@ def _setup_user(api_url: str, master: dict[str, str]) -> dict[str, Any]:
     with httpx.Client(base_url=api_url, timeout=30) as http:
         asset = http.post(
             "/api/v1/assets",
-            json={"ticker": f"FZ{key()[:6]}".upper(), "name": "fuzz", "kind": "fund", "currency": "USD"},
+            json={
+                "ticker": f"FZ{key()[:6]}".upper(),
+                "name": "fuzz",
+                "kind": "fund",
+                "currency": "USD",
+            },
             headers=master,
         ).json()["id"]
         username = f"fuzz-{key()}"
@@ -122,7 +127,9 @@ def test_generated_requests_get_no_5xx_and_match_the_schema(
     admin_prefixes = ("/api/v1/admin", "/api/v1/clients", "/api/v1/reports")
 
     def credentials(operation: Any) -> dict[str, str]:
-        admin_write = operation.path.startswith("/api/v1/assets") and operation.method.upper() == "POST"
+        admin_write = (
+            operation.path.startswith("/api/v1/assets") and operation.method.upper() == "POST"
+        )
         if operation.path.startswith(admin_prefixes) or admin_write:
             return master
         if operation.path == "/api/v1/auth/token":
