@@ -66,6 +66,12 @@ def connect(url: str, pool_size: int = 4) -> Engine:
     return make_engine(normalize_database_url(url), pool_size=pool_size)
 
 
+def has_schema(engine: Engine) -> bool:
+    """Whether the database holds ledgerq's tables (a wrong --database-url is the usual mistake)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.to_regclass("operations"))).scalar_one() is not None
+
+
 def db_clock(engine: Engine) -> float:
     """PostgreSQL's clock (epoch seconds): operation timestamps are compared against it, not ours."""
     with engine.connect() as conn:

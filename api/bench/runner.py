@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
+import httpx
 from rich.console import Console
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from api.bench import DEFAULT_ACCOUNTS, BenchError
 from api.bench import db as bench_db
@@ -40,6 +41,7 @@ from api.bench.report import plot, print_report, write_json
 from api.bench.setup import Setup, auth_headers, prepare_through_api, prepare_through_sql, ring
 from api.bench.verify import verify
 from api.bench.workloads import RequestFactory, drain_specs
+from api.cli import mask_url
 
 console = Console(highlight=False)
 T = TypeVar("T")
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     except BenchError as exc:
         console.print(f"[red]ledgerq bench: {exc}[/]")
         return 2
-    except OperationalError as exc:
+    except DBAPIError as exc:
         console.print(f"[red]ledgerq bench: database error: {exc.orig or exc}[/]")
         return 2
     except KeyboardInterrupt:
@@ -72,6 +74,11 @@ def _run(args: argparse.Namespace) -> int:
     _configure_environment(args)
     engine = bench_db.connect(args.database_url, pool_size=_threads(args) + 2)
     try:
+        if not bench_db.has_schema(engine):
+            raise BenchError(
+                f"{mask_url(args.database_url)} has no ledgerq tables: is it the target's "
+                "database (and migrated, `ledgerq migrate`)?"
+            )
         report = _dispatch(args, engine)
     finally:
         engine.dispose()
@@ -213,10 +220,8 @@ async def _http(
                 client, engine, args.username, args.password, args.api_key,
                 count, f"{run_id} {args.workload}", f"{run_id}-f-",
             )  # fmt: skip
-        except Exception as exc:
-            if isinstance(exc, BenchError) or not _is_transport_error(exc):
-                raise
-            raise BenchError(f"cannot reach the API at {args.url}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise BenchError(f"cannot reach the API at {args.url}: {exc!r}") from exc
     _write_accounts(args.write_accounts, setup.accounts)
     result: dict[str, Any] = {"setup": _setup_report(setup)}
     if args.duration == 0:
@@ -267,12 +272,6 @@ async def _http(
         engine, Scope(setup.principal_id, setup.after_seq), expected
     ).as_dict()
     return result
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    import httpx
-
-    return isinstance(exc, httpx.TransportError)
 
 
 def _settle(engine: Engine, scope: Scope, timeout: float, notes: list[str]) -> None:
