@@ -119,7 +119,7 @@ def forbidden(code: str, detail: str, **extra: Any) -> ApiError:
     return ApiError(403, code, detail, extra=extra or None)
 
 
-def require_access(
+async def require_access(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
     """The app's one guard: the principal must hold what ACCESS names for the route."""
@@ -238,7 +238,7 @@ async def authenticate_basic(
     cached = services.credentials.get(username, password)
     if cached is not None:
         return cached
-    async with services.engine.connect() as conn:
+    async with services.reads.connect() as conn:
         user = await queries.user_by_username(conn, username)
     ok = await verify_password(user.password_hash if user else _DUMMY_HASH, password)
     if user is None or not ok:
@@ -345,8 +345,7 @@ async def authenticate_api_key(services: Services, value: str) -> Principal:
     digest = secret_hash(value)
     # One indexed lookup per request and no cache, so a revoked key fails on its next request
     # in every API process. Autocommit: each statement stands alone, no BEGIN/COMMIT round trips.
-    async with services.engine.connect() as raw:
-        conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
+    async with services.reads.connect() as conn:
         candidates = await access.live_keys_with_prefix(conn, value[:API_KEY_LOOKUP_LENGTH])
         key = next((k for k in candidates if hmac.compare_digest(k.secret_hash, digest)), None)
         if key is None:

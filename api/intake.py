@@ -172,8 +172,7 @@ async def submit(
     outcomes: list[Outcome | NewOperation] = []
     # Autocommit: the one multi-row INSERT is atomic by itself, and skipping BEGIN/COMMIT saves
     # two round trips on every submit.
-    async with services.engine.connect() as raw:
-        conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
+    async with services.reads.connect() as conn:
         accounts = await services.accounts.lookup(conn, referenced)
         asset_ids = {s.request.asset_id for s in submissions if s.request.asset_id is not None}
         asset_currencies = await queries.asset_currencies(conn, asset_ids) if asset_ids else {}

@@ -55,7 +55,7 @@ async def captado_report(services: Services, year: int, month: int) -> CaptadoOu
         cached = None
     if cached:
         return msgspec.json.decode(cached, type=CaptadoOut)
-    async with services.engine.connect() as conn:
+    async with services.reads.connect() as conn:
         trades = await investments.trades_between(conn, start, end)
         names = await investments.names_for(
             conn, {t.asset_id for t in trades}, {t.client_id for t in trades}
@@ -111,7 +111,7 @@ async def portfolio(
     services: Services, owner_id: UUID, since: dt.date | None, until: dt.date | None
 ) -> PortfolioOut:
     """Positions at the latest close, with simple and time-weighted returns over [since, until]."""
-    async with services.engine.connect() as conn:
+    async with services.reads.connect() as conn:
         held = await investments.positions_for_owner(conn, owner_id)
         trades = await investments.trades_for_owner(conn, owner_id)
         today = dt.datetime.now(dt.UTC).date()

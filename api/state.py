@@ -34,6 +34,8 @@ log = structlog.get_logger(__name__)
 class Services:
     settings: Settings
     engine: AsyncEngine
+    # The same pool in autocommit: single-statement reads and writes skip BEGIN/COMMIT round trips.
+    reads: AsyncEngine
     redis: redis.asyncio.Redis
     credentials: CredentialCache
     login_throttle: LoginThrottle
@@ -76,6 +78,7 @@ def lifespan_for(
         services = Services(
             settings=settings,
             engine=engine,
+            reads=engine.execution_options(isolation_level="AUTOCOMMIT"),
             redis=redis_client,
             credentials=credentials,
             login_throttle=login_throttle(redis_client, settings),

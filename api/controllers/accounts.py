@@ -62,7 +62,7 @@ class AccountController(Controller):
     ) -> AccountPage:
         """Your accounts, oldest first, in cursor pages."""
         after = decode_uuid_cursor("account", cursor)
-        async with services_of(request.app).engine.connect() as conn:
+        async with services_of(request.app).reads.connect() as conn:
             rows = await queries.accounts_for_owner(conn, request.user.id, after, limit + 1)
         items = [account_out(r) for r in rows[:limit]]
         next_cursor = encode_cursor("account", items[-1].id) if len(rows) > limit else None
@@ -73,7 +73,7 @@ class AccountController(Controller):
         self, request: Request[Principal, Any, Any], account_id: UUID
     ) -> AccountOut:
         """One of your accounts: `balance` is applied money, `available_balance` also subtracts pending debits."""
-        async with services_of(request.app).engine.connect() as conn:
+        async with services_of(request.app).reads.connect() as conn:
             row = await queries.account_for_owner(conn, account_id, request.user.id)
         if row is None:
             raise not_found()
@@ -102,7 +102,7 @@ class AccountController(Controller):
                     422, "validation_error", f"{name} needs a time zone offset", field=name
                 )
         filters = queries.EntryFilter(category=category, since=since, until=until)
-        async with services_of(request.app).engine.connect() as conn:
+        async with services_of(request.app).reads.connect() as conn:
             account = await queries.account_for_owner(conn, account_id, request.user.id)
             if account is None:
                 raise not_found()

@@ -26,7 +26,7 @@ class AdminController(Controller):
     ) -> UserPage:
         """Every user, oldest first, in cursor pages."""
         after = decode_uuid_cursor("user", cursor)
-        async with services_of(request.app).engine.connect() as conn:
+        async with services_of(request.app).reads.connect() as conn:
             rows = await access.users_page(conn, after, limit + 1)
         items = [
             UserOut(id=r.id, username=r.username, created_at=r.created_at) for r in rows[:limit]
@@ -44,7 +44,7 @@ class AdminController(Controller):
     ) -> AdminAccountPage:
         """Every account (system accounts too, without an owner), or one owner's, in cursor pages."""
         after = decode_uuid_cursor("admin_account", cursor)
-        async with services_of(request.app).engine.connect() as conn:
+        async with services_of(request.app).reads.connect() as conn:
             rows = await access.accounts_page(conn, owner_id, after, limit + 1)
         items = [
             AdminAccountOut(**asdict(account_out(r)), owner_id=r.owner_id) for r in rows[:limit]

@@ -85,7 +85,7 @@ class ApiKeyController(Controller):
         """Your live API keys, oldest first, without secrets (the admin sees everyone's)."""
         principal = request.user
         after = decode_uuid_cursor("api_key", cursor)
-        async with services_of(request.app).engine.connect() as conn:
+        async with services_of(request.app).reads.connect() as conn:
             rows = await access.api_keys_page(
                 conn, None if principal.is_admin else principal.id, after, limit + 1
             )

@@ -88,7 +88,7 @@ class AssetController(Controller):
     ) -> AssetPage:
         """Every asset, oldest first, in cursor pages."""
         after = decode_uuid_cursor("asset", cursor)
-        async with services_of(request.app).engine.connect() as conn:
+        async with services_of(request.app).reads.connect() as conn:
             rows = await investments.list_assets(conn, after, limit + 1)
         items = [asset_out(r) for r in rows[:limit]]
         return AssetPage(
@@ -98,7 +98,7 @@ class AssetController(Controller):
 
     @get("/{asset_id:uuid}", operation_id="getAsset")
     async def get_asset(self, request: Request[Principal, Any, Any], asset_id: UUID) -> AssetOut:
-        async with services_of(request.app).engine.connect() as conn:
+        async with services_of(request.app).reads.connect() as conn:
             row = await investments.asset_by_id(conn, asset_id)
         if row is None:
             raise asset_not_found()
@@ -137,7 +137,7 @@ class AssetController(Controller):
         """Daily closes in [from, to], oldest first."""
         if since and until and since > until:
             raise ApiError(422, "validation_error", "from must not be after to", field="from")
-        async with services_of(request.app).engine.connect() as conn:
+        async with services_of(request.app).reads.connect() as conn:
             if await investments.asset_by_id(conn, asset_id) is None:
                 raise asset_not_found()
             rows = await investments.prices_between(conn, asset_id, since, until)
@@ -174,7 +174,7 @@ class ClientController(Controller):
     ) -> ClientPage:
         """Admin: clients with positions, each with invested total and current value per currency."""
         after = decode_uuid_cursor("client", cursor)
-        async with services_of(request.app).engine.connect() as conn:
+        async with services_of(request.app).reads.connect() as conn:
             rows = await investments.clients(conn, after, limit + 1)
         grouped: dict[UUID, tuple[str, dict[str, list[int]]]] = {}
         for r in rows:
@@ -213,7 +213,7 @@ class ClientController(Controller):
     ) -> InvestmentPage:
         """Admin: a client's allocations and redemptions, newest first."""
         before = decode_int_cursor("allocation", cursor)
-        async with services_of(request.app).engine.connect() as conn:
+        async with services_of(request.app).reads.connect() as conn:
             if not await investments.user_exists(conn, client_id):
                 raise ApiError(404, "client_not_found", "No such client.")
             rows = await investments.allocations_for_client(conn, client_id, before, limit + 1)

@@ -94,7 +94,7 @@ async def wait_for_final(
     services: Services, operation_id: UUID, principal_id: UUID, wait: int
 ) -> Any:
     async def read() -> Any:
-        async with services.engine.connect() as conn:
+        async with services.reads.connect() as conn:
             return await queries.operation_for_principal(conn, operation_id, principal_id)
 
     return await services.waiters.wait_until(
@@ -190,7 +190,7 @@ class OperationController(Controller):
         wait = parse_prefer_wait(prefer, services.settings.max_wait)
         headers: dict[str, str] = {}
         if wait is None:
-            async with services.engine.connect() as conn:
+            async with services.reads.connect() as conn:
                 row = await queries.operation_for_principal(conn, operation_id, request.user.id)
         else:
             headers["Preference-Applied"] = f"wait={wait}"
@@ -211,7 +211,7 @@ class OperationController(Controller):
         """Operations you submitted, newest first; filter by account (debited or credited) and status."""
         before = decode_int_cursor("operation", cursor)
         services = services_of(request.app)
-        async with services.engine.connect() as conn:
+        async with services.reads.connect() as conn:
             if (
                 account_id is not None
                 and await queries.account_for_owner(conn, account_id, request.user.id) is None

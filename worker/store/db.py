@@ -25,4 +25,12 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
 
 
 def make_async_engine(url: str, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip on every request. A connection broken by a database
+    # restart fails one request (retryable: idempotency keys) and is then replaced.
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size // 2,
+        pool_recycle=1800,
+        pool_pre_ping=False,
+    )

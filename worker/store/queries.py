@@ -212,6 +212,13 @@ class NewOperation:
     quantity: int | None = None
 
 
+_INSERT_OPERATION = (
+    insert(operations)
+    .on_conflict_do_nothing(index_elements=["principal_id", "idempotency_key"])
+    .returning(*_operation_columns, operations.c.idempotency_key)
+)
+
+
 async def insert_operations(
     conn: AsyncConnection, news: Sequence[NewOperation]
 ) -> dict[tuple[UUID, str], tuple[Record, bool]]:
@@ -223,34 +230,28 @@ async def insert_operations(
     """
     if not news:
         return {}
-    created_rows = (
-        await conn.execute(
-            insert(operations)
-            .values(
-                [
-                    {
-                        "id": new_id(),
-                        "partition": new.partition,
-                        "principal_id": new.principal_id,
-                        "idempotency_key": new.idempotency_key,
-                        "fingerprint": new.fingerprint,
-                        "type": new.type,
-                        "account_id": new.account_id,
-                        "to_account_id": new.to_account_id,
-                        "amount": new.amount,
-                        "currency": new.currency,
-                        "category": new.category,
-                        "description": new.description,
-                        "asset_id": new.asset_id,
-                        "quantity": new.quantity,
-                    }
-                    for new in news
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["principal_id", "idempotency_key"])
-            .returning(*_operation_columns, operations.c.idempotency_key)
-        )
-    ).all()
+    params = [
+        {
+            "id": new_id(),
+            "partition": new.partition,
+            "principal_id": new.principal_id,
+            "idempotency_key": new.idempotency_key,
+            "fingerprint": new.fingerprint,
+            "type": new.type,
+            "account_id": new.account_id,
+            "to_account_id": new.to_account_id,
+            "amount": new.amount,
+            "currency": new.currency,
+            "category": new.category,
+            "description": new.description,
+            "asset_id": new.asset_id,
+            "quantity": new.quantity,
+        }
+        for new in news
+    ]
+    # One statement object for any number of rows, so SQLAlchemy compiles it once and caches it;
+    # several rows go out as multi-row VALUES ("insertmanyvalues").
+    created_rows = (await conn.execute(_INSERT_OPERATION, params)).all()
     stored = {(r.principal_id, r.idempotency_key): (r, True) for r in created_rows}
     missing = [
         (n.principal_id, n.idempotency_key)
