@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from worker.store import queries
+from worker.store.fast import FastStore
 from worker.store.queries import Record
 
 
@@ -22,11 +21,11 @@ class AccountDirectory:
         self._max = max_entries
         self._rows: dict[UUID, Record] = {}
 
-    async def lookup(self, conn: AsyncConnection, account_ids: set[UUID]) -> dict[UUID, Record]:
+    async def lookup(self, db: FastStore, account_ids: set[UUID]) -> dict[UUID, Record]:
         found = {i: self._rows[i] for i in account_ids if i in self._rows}
         missing = account_ids - found.keys()
         if missing:
-            loaded = await queries.accounts_by_ids(conn, missing)
+            loaded = await queries.accounts_by_ids(db, missing)
             if len(self._rows) + len(loaded) > self._max:
                 for stale in list(self._rows)[: len(loaded) + self._max // 10]:
                     del self._rows[stale]

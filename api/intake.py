@@ -170,28 +170,27 @@ async def submit(
             referenced.add(s.request.to_account_id)
 
     outcomes: list[Outcome | NewOperation] = []
-    # Autocommit: the one multi-row INSERT is atomic by itself, and skipping BEGIN/COMMIT saves
-    # two round trips on every submit.
-    async with services.reads.connect() as conn:
-        accounts = await services.accounts.lookup(conn, referenced)
-        asset_ids = {s.request.asset_id for s in submissions if s.request.asset_id is not None}
-        asset_currencies = await queries.asset_currencies(conn, asset_ids) if asset_ids else {}
-        for s in submissions:
-            prepared = prepare(principal_id, s, accounts, settings.partitions, asset_currencies)
-            if isinstance(prepared, NewOperation) and services.backlog.is_full(prepared.partition):
-                prepared = ApiError(
-                    503,
-                    "backlog_full",
-                    "Too many operations are waiting in this account's partition; retry shortly.",
-                    headers={"Retry-After": "1"},
-                )
-            outcomes.append(prepared)
-        news: dict[str, NewOperation] = {}
-        for o in outcomes:
-            # Within one batch the first use of a key wins; later uses are replays or conflicts.
-            if isinstance(o, NewOperation):
-                news.setdefault(o.idempotency_key, o)
-        stored = await queries.insert_operations(conn, list(news.values()))
+    # A single submit is one INSERT in autocommit (no BEGIN/COMMIT round trips); a batch is one
+    # transaction. Either way the operation is durable before the answer says so.
+    accounts = await services.accounts.lookup(services.fast, referenced)
+    asset_ids = {s.request.asset_id for s in submissions if s.request.asset_id is not None}
+    asset_currencies = await queries.asset_currencies(services.fast, asset_ids) if asset_ids else {}
+    for s in submissions:
+        prepared = prepare(principal_id, s, accounts, settings.partitions, asset_currencies)
+        if isinstance(prepared, NewOperation) and services.backlog.is_full(prepared.partition):
+            prepared = ApiError(
+                503,
+                "backlog_full",
+                "Too many operations are waiting in this account's partition; retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        outcomes.append(prepared)
+    news: dict[str, NewOperation] = {}
+    for o in outcomes:
+        # Within one batch the first use of a key wins; later uses are replays or conflicts.
+        if isinstance(o, NewOperation):
+            news.setdefault(o.idempotency_key, o)
+    stored = await queries.insert_operations(services.fast, principal_id, list(news.values()))
 
     results: list[Outcome] = []
     claimed: set[str] = set()
@@ -200,7 +199,7 @@ async def submit(
         if not isinstance(o, NewOperation):
             results.append(o)
             continue
-        row, created = stored[(principal_id, o.idempotency_key)]
+        row, created = stored[o.idempotency_key]
         first_use = created and o.idempotency_key not in claimed
         claimed.add(o.idempotency_key)
         if row.fingerprint != o.fingerprint:

@@ -23,6 +23,7 @@ from api.waiters import CompletionWaiters
 from worker.events import CAPTADO_CHANNEL, OPERATIONS_CHANNEL
 from worker.settings import Settings
 from worker.store.db import make_async_engine
+from worker.store.fast import FastStore
 
 if TYPE_CHECKING:
     from api.auth import CredentialCache
@@ -34,8 +35,10 @@ log = structlog.get_logger(__name__)
 class Services:
     settings: Settings
     engine: AsyncEngine
-    # The same pool in autocommit: single-statement reads and writes skip BEGIN/COMMIT round trips.
+    # A pool in autocommit: single-statement reads and writes (the hot paths) skip BEGIN/COMMIT.
     reads: AsyncEngine
+    # The hottest statements (submit, read an account or an operation) skip SQLAlchemy's executor.
+    fast: FastStore
     redis: redis.asyncio.Redis
     credentials: CredentialCache
     login_throttle: LoginThrottle
@@ -74,11 +77,20 @@ def lifespan_for(
 ) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = make_async_engine(settings.database_url, pool_size=settings.db_pool_size)
+        # Transactions are rare on the API (registration, cancel, price upserts): a small pool.
+        engine = make_async_engine(
+            settings.database_url, pool_size=max(2, settings.db_pool_size // 4)
+        )
+        reads = make_async_engine(
+            settings.database_url, pool_size=settings.db_pool_size, autocommit=True
+        )
+        fast = FastStore(settings.database_url, size=settings.db_pool_size)
+        await fast.open()
         services = Services(
             settings=settings,
             engine=engine,
-            reads=engine.execution_options(isolation_level="AUTOCOMMIT"),
+            reads=reads,
+            fast=fast,
             redis=redis_client,
             credentials=credentials,
             login_throttle=login_throttle(redis_client, settings),
@@ -99,6 +111,8 @@ def lifespan_for(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await engine.dispose()
+            await reads.dispose()
+            await fast.close()
             await redis_client.aclose()
 
     return lifespan

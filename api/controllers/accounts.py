@@ -73,8 +73,9 @@ class AccountController(Controller):
         self, request: Request[Principal, Any, Any], account_id: UUID
     ) -> AccountOut:
         """One of your accounts: `balance` is applied money, `available_balance` also subtracts pending debits."""
-        async with services_of(request.app).reads.connect() as conn:
-            row = await queries.account_for_owner(conn, account_id, request.user.id)
+        row = await services_of(request.app).fast.one(
+            queries.FAST_ACCOUNT_FOR_OWNER, {"account_id": account_id, "owner_id": request.user.id}
+        )
         if row is None:
             raise not_found()
         return account_out(row)

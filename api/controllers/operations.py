@@ -90,12 +90,16 @@ def location(operation_id: UUID) -> str:
     return f"/api/v1/operations/{operation_id}"
 
 
+async def read_operation(services: Services, operation_id: UUID, principal_id: UUID) -> Any:
+    params = {"operation_id": operation_id, "principal_id": principal_id}
+    return await services.fast.one(queries.FAST_OPERATION_FOR_PRINCIPAL, params)
+
+
 async def wait_for_final(
     services: Services, operation_id: UUID, principal_id: UUID, wait: int
 ) -> Any:
     async def read() -> Any:
-        async with services.reads.connect() as conn:
-            return await queries.operation_for_principal(conn, operation_id, principal_id)
+        return await read_operation(services, operation_id, principal_id)
 
     return await services.waiters.wait_until(
         str(operation_id), wait, read, lambda row: row is None or row.status in TERMINAL_STATUSES
@@ -190,8 +194,7 @@ class OperationController(Controller):
         wait = parse_prefer_wait(prefer, services.settings.max_wait)
         headers: dict[str, str] = {}
         if wait is None:
-            async with services.reads.connect() as conn:
-                row = await queries.operation_for_principal(conn, operation_id, request.user.id)
+            row = await read_operation(services, operation_id, request.user.id)
         else:
             headers["Preference-Applied"] = f"wait={wait}"
             row = await wait_for_final(services, operation_id, request.user.id, wait)

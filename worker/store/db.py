@@ -24,13 +24,18 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
-def make_async_engine(url: str, pool_size: int = 10) -> AsyncEngine:
-    # No pre-ping: it costs a round trip on every request. A connection broken by a database
-    # restart fails one request (retryable: idempotency keys) and is then replaced.
+def make_async_engine(url: str, pool_size: int = 10, autocommit: bool = False) -> AsyncEngine:
+    """The API's engines. `autocommit`: a pool whose connections stay in autocommit, for single
+    statements (no BEGIN/COMMIT round trips, no per-checkout isolation switching).
+
+    No pre-ping: it costs a round trip on every request. A connection broken by a database
+    restart fails one request (retryable: idempotency keys) and is then replaced.
+    """
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size // 2,
         pool_recycle=1800,
         pool_pre_ping=False,
+        isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
     )

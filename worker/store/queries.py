@@ -12,17 +12,21 @@ from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import UUID as PGUUID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from worker.store.db import UNIQUE_VIOLATION, sqlstate
+from worker.store.fast import Compiled, FastStore
 from worker.store.tables import accounts, assets, entries, operations, users
 
 # A result row; columns are read by name (row.balance), so the tuple shape stays open.
 Record = sa.Row[*tuple[Any, ...]]
 
-DEBIT_TYPES = ("withdrawal", "transfer")
+# Operations that take money out of account_id (allocations debit cash too).
+DEBIT_TYPES = ("withdrawal", "transfer", "allocation")
+DEBIT_TYPES_SQL = "(" + ", ".join(f"'{t}'" for t in DEBIT_TYPES) + ")"
 
 
 def new_id() -> UUID:
@@ -73,7 +77,8 @@ _pending_debits = (
     .where(
         operations.c.account_id == accounts.c.id,
         operations.c.status == "pending",
-        operations.c.type.in_(DEBIT_TYPES),
+        # A literal list, not a bound one: an expanding IN parameter costs work on every query.
+        sa.text(f"operations.type IN {DEBIT_TYPES_SQL}"),
     )
     .scalar_subquery()
 )
@@ -106,17 +111,18 @@ async def create_account(
     return row
 
 
+ACCOUNT_FOR_OWNER = sa.select(*_account_columns).where(
+    accounts.c.id == sa.bindparam("account_id"), accounts.c.owner_id == sa.bindparam("owner_id")
+)
+FAST_ACCOUNT_FOR_OWNER = Compiled(ACCOUNT_FOR_OWNER)
+
+
 async def account_for_owner(
     conn: AsyncConnection, account_id: UUID, owner_id: UUID
 ) -> Record | None:
     """The account, only if it belongs to owner_id: anyone else's is indistinguishable from missing."""
-    return (
-        await conn.execute(
-            sa.select(*_account_columns).where(
-                accounts.c.id == account_id, accounts.c.owner_id == owner_id
-            )
-        )
-    ).one_or_none()
+    params = {"account_id": account_id, "owner_id": owner_id}
+    return (await conn.execute(ACCOUNT_FOR_OWNER, params)).one_or_none()
 
 
 async def accounts_for_owner(
@@ -212,19 +218,42 @@ class NewOperation:
     quantity: int | None = None
 
 
-_INSERT_OPERATION = (
+_NEW_OPERATION_COLUMNS = (
+    "id",
+    "partition",
+    "principal_id",
+    "idempotency_key",
+    "fingerprint",
+    "type",
+    "account_id",
+    "to_account_id",
+    "amount",
+    "currency",
+    "category",
+    "description",
+    "asset_id",
+    "quantity",
+)
+_INSERT_OPERATION = Compiled(
     insert(operations)
     .on_conflict_do_nothing(index_elements=["principal_id", "idempotency_key"])
-    .returning(*_operation_columns, operations.c.idempotency_key)
+    .returning(*_operation_columns, operations.c.idempotency_key),
+    column_keys=_NEW_OPERATION_COLUMNS,
+)
+_OPERATIONS_BY_KEYS = Compiled(
+    sa.select(*_operation_columns, operations.c.idempotency_key).where(
+        operations.c.principal_id == sa.bindparam("principal_id"),
+        operations.c.idempotency_key == sa.func.any(sa.bindparam("keys", type_=ARRAY(sa.Text))),
+    )
 )
 
 
 async def insert_operations(
-    conn: AsyncConnection, news: Sequence[NewOperation]
-) -> dict[tuple[UUID, str], tuple[Record, bool]]:
-    """Store every operation whose (principal, key) is new, in one statement.
+    db: FastStore, principal_id: UUID, news: Sequence[NewOperation]
+) -> dict[str, tuple[Record, bool]]:
+    """Store every operation whose key is new for the principal, in one pipeline.
 
-    Returns, per (principal, key), the stored row and whether this call created it. Identical
+    Returns, per idempotency key, the stored row and whether this call created it. Identical
     requests racing: the unique index makes the later INSERT wait for the earlier to commit and
     then skip the row; the follow-up SELECT reads the winner's row.
     """
@@ -249,44 +278,36 @@ async def insert_operations(
         }
         for new in news
     ]
-    # One statement object for any number of rows, so SQLAlchemy compiles it once and caches it;
-    # several rows go out as multi-row VALUES ("insertmanyvalues").
-    created_rows = (await conn.execute(_INSERT_OPERATION, params)).all()
-    stored = {(r.principal_id, r.idempotency_key): (r, True) for r in created_rows}
-    missing = [
-        (n.principal_id, n.idempotency_key)
-        for n in news
-        if (n.principal_id, n.idempotency_key) not in stored
-    ]
+    created = await db.returning_many(_INSERT_OPERATION, params)
+    stored: dict[str, tuple[Record, bool]] = {r.idempotency_key: (r, True) for r in created}
+    missing = [n.idempotency_key for n in news if n.idempotency_key not in stored]
     if missing:
-        existing = (
-            await conn.execute(
-                sa.select(*_operation_columns, operations.c.idempotency_key).where(
-                    sa.tuple_(operations.c.principal_id, operations.c.idempotency_key).in_(missing)
-                )
-            )
-        ).all()
-        stored.update({(r.principal_id, r.idempotency_key): (r, False) for r in existing})
+        existing = await db.all(
+            _OPERATIONS_BY_KEYS, {"principal_id": principal_id, "keys": missing}
+        )
+        stored.update({r.idempotency_key: (r, False) for r in existing})
     return stored
 
 
-async def accounts_by_ids(conn: AsyncConnection, account_ids: Iterable[UUID]) -> dict[UUID, Record]:
-    rows = (
-        await conn.execute(
-            sa.select(
-                accounts.c.id, accounts.c.owner_id, accounts.c.kind, accounts.c.currency
-            ).where(accounts.c.id.in_(set(account_ids)))
-        )
-    ).all()
+_ACCOUNTS_BY_IDS = Compiled(
+    sa.select(accounts.c.id, accounts.c.owner_id, accounts.c.kind, accounts.c.currency).where(
+        accounts.c.id == sa.func.any(sa.bindparam("ids", type_=ARRAY(PGUUID(as_uuid=True))))
+    )
+)
+_ASSET_CURRENCIES = Compiled(
+    sa.select(assets.c.id, assets.c.currency).where(
+        assets.c.id == sa.func.any(sa.bindparam("ids", type_=ARRAY(PGUUID(as_uuid=True))))
+    )
+)
+
+
+async def accounts_by_ids(db: FastStore, account_ids: Iterable[UUID]) -> dict[UUID, Record]:
+    rows = await db.all(_ACCOUNTS_BY_IDS, {"ids": list(set(account_ids))})
     return {r.id: r for r in rows}
 
 
-async def asset_currencies(conn: AsyncConnection, asset_ids: Iterable[UUID]) -> dict[UUID, str]:
-    rows = (
-        await conn.execute(
-            sa.select(assets.c.id, assets.c.currency).where(assets.c.id.in_(set(asset_ids)))
-        )
-    ).all()
+async def asset_currencies(db: FastStore, asset_ids: Iterable[UUID]) -> dict[UUID, str]:
+    rows = await db.all(_ASSET_CURRENCIES, {"ids": list(set(asset_ids))})
     return {r.id: r.currency for r in rows}
 
 
@@ -302,16 +323,18 @@ async def pending_counts(conn: AsyncConnection) -> dict[int, int]:
     return {r[0]: r[1] for r in rows}
 
 
+OPERATION_FOR_PRINCIPAL = sa.select(*_operation_columns).where(
+    operations.c.id == sa.bindparam("operation_id"),
+    operations.c.principal_id == sa.bindparam("principal_id"),
+)
+FAST_OPERATION_FOR_PRINCIPAL = Compiled(OPERATION_FOR_PRINCIPAL)
+
+
 async def operation_for_principal(
     conn: AsyncConnection, operation_id: UUID, principal_id: UUID
 ) -> Record | None:
-    return (
-        await conn.execute(
-            sa.select(*_operation_columns).where(
-                operations.c.id == operation_id, operations.c.principal_id == principal_id
-            )
-        )
-    ).one_or_none()
+    params = {"operation_id": operation_id, "principal_id": principal_id}
+    return (await conn.execute(OPERATION_FOR_PRINCIPAL, params)).one_or_none()
 
 
 async def operations_for_principal(
