@@ -151,19 +151,33 @@ def drain_partition(
     batch_size: int,
     publish: Callable[[list[Completion]], None],
     time_budget: float = 1.0,
+    release: Callable[[], None] | None = None,
+    reclaim: Callable[[], None] | None = None,
 ) -> DrainResult:
     """Apply batches (adaptive size up to batch_size) until nothing is pending or the budget is spent.
 
     The budget keeps one busy partition from starving the others a worker owns; the caller
-    rings the bell again when more is pending.
+    rings the bell again when more is pending. `release` clears the partition's doorbell when a
+    look finds nothing (then the loop looks once more); `reclaim` sets it again if that look
+    found work. Holding the bell while busy is what keeps a loaded partition at one message.
     """
     deadline = time.monotonic() + time_budget
     completed = batches = 0
     limit = min(MIN_BATCH, batch_size)
+    released = False
     while True:
         done = apply_with_retry(engine, partition, limit)
         if not done:
-            return DrainResult(completed, batches, more_pending=False)
+            if release is None or released:
+                return DrainResult(completed, batches, more_pending=False)
+            # Clear the doorbell only now, then look once more: an operation committed before the
+            # clear was seen by this look; one committed after it finds no bell and rings anew.
+            release()
+            released = True
+            continue
+        if released and reclaim is not None:
+            reclaim()
+            released = False
         completed += len(done)
         batches += 1
         publish(done)

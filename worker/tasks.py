@@ -55,13 +55,16 @@ def drain(partition: int) -> int:
     """Apply everything pending in the partition. Duplicates and redeliveries find nothing to do."""
     res = resources()
     settings = get_settings()
-    # Clear before reading: an operation committed after this point rings a new bell.
-    clear_bell(res.redis, partition)
+    # The bell stays set while this drain finds work, so submits meanwhile send no message;
+    # drain_partition clears it only when the partition looks empty, and then looks once more.
+    hold_bell(res.redis, partition)
     result = drain_partition(
         res.engine,
         partition,
         settings.batch_size,
         publish=lambda done: publish_completions(res.redis, done),
+        release=lambda: clear_bell(res.redis, partition),
+        reclaim=lambda: hold_bell(res.redis, partition),
     )
     if result.more_pending:
         # Yield to the other partitions this worker owns; come back through the queue.

@@ -49,8 +49,11 @@ class FastStore:
     def __init__(self, url: str, size: int) -> None:
         self.pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
             libpq_url(url),
-            min_size=max(1, size // 2),
+            # Grow on demand and give idle connections back: PostgreSQL's connection slots are
+            # shared by every process (100 by default).
+            min_size=1,
             max_size=size,
+            max_idle=60,
             kwargs={"autocommit": True, "row_factory": namedtuple_row},
             open=False,
         )
