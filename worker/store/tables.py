@@ -92,7 +92,9 @@ operations = sa.Table(
     metadata,
     sa.Column("id", UUID(as_uuid=True), primary_key=True),
     # Apply order within a partition; the identity never repeats.
-    sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False, unique=True),
+    # No unique index: the identity never repeats, and every index costs the apply loop a write
+    # per operation (status updates cannot be HOT: status is in partial-index predicates).
+    sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False),
     sa.Column("partition", sa.SmallInteger, nullable=False),
     sa.Column("principal_id", UUID(as_uuid=True), nullable=False),
     sa.Column("idempotency_key", sa.Text, nullable=False),
@@ -139,7 +141,12 @@ operations = sa.Table(
     ),
     sa.Index("ix_operations_principal_id_seq", "principal_id", "seq"),
     sa.Index("ix_operations_account_id_seq", "account_id", "seq"),
-    sa.Index("ix_operations_to_account_id_seq", "to_account_id", "seq"),
+    sa.Index(
+        "ix_operations_to_account_id_seq",
+        "to_account_id",
+        "seq",
+        postgresql_where=sa.text("to_account_id IS NOT NULL"),
+    ),
     # Captado and portfolios read applied investments by time.
     sa.Index(
         "ix_operations_investments_applied_at",
