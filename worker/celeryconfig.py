@@ -47,7 +47,11 @@ task_serializer = "json"
 accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
+# Logging is ours (worker/logging_setup.py, configured from the setup_logging signal in
+# worker/celery_app.py): Celery must neither replace the root logger's handlers nor turn stdout
+# writes into "WARNING/MainProcess" log records.
 worker_hijack_root_logger = False
+worker_redirect_stdouts = False
 worker_send_task_events = True
 task_send_sent_event = True
 

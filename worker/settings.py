@@ -56,6 +56,18 @@ VARIABLES: tuple[Var, ...] = (
     Var("LEDGERQ_API_WORKERS", "1", "API processes started by `ledgerq api`."),
     Var("LEDGERQ_FLOWER_HOST", "127.0.0.1", "Address Flower (`ledgerq flower`) listens on."),
     Var("LEDGERQ_FLOWER_PORT", "5555", "Port Flower (`ledgerq flower`) listens on."),
+    Var(
+        "LEDGERQ_WORKER_METRICS_HOST",
+        "127.0.0.1",
+        "Address each worker process serves its Prometheus metrics on (0.0.0.0 to be scraped "
+        "from another host).",
+    ),
+    Var(
+        "LEDGERQ_WORKER_METRICS_PORT",
+        "9808",
+        "Port of a worker's Prometheus metrics; a busy port makes it try the next 15 (several "
+        "workers on one host). 0: no worker metrics endpoint.",
+    ),
     Var("LEDGERQ_BATCH_SIZE", "500", "Most operations the worker applies in one transaction."),
     Var(
         "LEDGERQ_MAX_BACKLOG",
@@ -69,7 +81,11 @@ VARIABLES: tuple[Var, ...] = (
         "Pending operations older than this many seconds get their partition re-rung.",
     ),
     Var("LEDGERQ_MAX_WAIT", "30", "Largest `Prefer: wait=N` honoured, in seconds."),
-    Var("LEDGERQ_DB_POOL_SIZE", "10", "Database connections per API process."),
+    Var(
+        "LEDGERQ_DB_POOL_SIZE",
+        "20",
+        "Database connections kept per API process (plus up to half again in bursts).",
+    ),
     Var(
         "LEDGERQ_SECRET_KEY",
         None,
@@ -182,6 +198,8 @@ class Settings:
     api_workers: int
     flower_host: str
     flower_port: int
+    worker_metrics_host: str
+    worker_metrics_port: int
     batch_size: int
     max_backlog: int
     sweep_interval: float
@@ -230,6 +248,8 @@ class Settings:
             api_workers=number("LEDGERQ_API_WORKERS", 1, 64),
             flower_host=get("LEDGERQ_FLOWER_HOST"),
             flower_port=number("LEDGERQ_FLOWER_PORT", 1, 65535),
+            worker_metrics_host=get("LEDGERQ_WORKER_METRICS_HOST"),
+            worker_metrics_port=number("LEDGERQ_WORKER_METRICS_PORT", 0, 65535),
             batch_size=number("LEDGERQ_BATCH_SIZE", 1, 10_000),
             max_backlog=number("LEDGERQ_MAX_BACKLOG", 0, 1_000_000_000),
             sweep_interval=float(number("LEDGERQ_SWEEP_INTERVAL", 1, 3600)),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -10,7 +12,8 @@ import structlog
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from worker.apply_loop import drain_partition
+from worker import metrics
+from worker.apply_loop import Completion, drain_partition
 from worker.celery_app import app
 from worker.doorbell import clear_bell, hold_bell
 from worker.events import publish_completions
@@ -38,6 +41,25 @@ def resources() -> Resources:
     )
 
 
+def report_batch(res: Resources, partition: int, done: Sequence[Completion]) -> None:
+    """After a batch committed: wake its waiters first, then count it and log it."""
+    publish_completions(res.redis, done)
+    metrics.record_batch(done, time.time())
+    metrics.count_recent(res.redis, partition, done)
+    failed = 0
+    for c in done:
+        if c.status != "succeeded":
+            failed += 1
+            log.info("operation_failed", operation_id=c.id, type=c.type, error_code=c.error_code)
+    log.info(
+        "batch_applied",
+        size=len(done),
+        succeeded=len(done) - failed,
+        failed=failed,
+        operation_ids=[c.id for c in done],
+    )
+
+
 def ring(partition: int) -> None:
     """Queue a drain message for the partition (the router sends it to the partition's queue)."""
     app.send_task(DRAIN_TASK, args=[partition])
@@ -53,6 +75,11 @@ def ring(partition: int) -> None:
 )
 def drain(partition: int) -> int:
     """Apply everything pending in the partition. Duplicates and redeliveries find nothing to do."""
+    with structlog.contextvars.bound_contextvars(partition=partition):
+        return _drain(partition)
+
+
+def _drain(partition: int) -> int:
     res = resources()
     settings = get_settings()
     # The bell stays set while this drain finds work, so submits meanwhile send no message;
@@ -62,7 +89,7 @@ def drain(partition: int) -> int:
         res.engine,
         partition,
         settings.batch_size,
-        publish=lambda done: publish_completions(res.redis, done),
+        publish=lambda done: report_batch(res, partition, done),
         release=lambda: clear_bell(res.redis, partition),
         reclaim=lambda: hold_bell(res.redis, partition),
     )
@@ -73,7 +100,6 @@ def drain(partition: int) -> int:
     if result.completed:
         log.info(
             "partition_drained",
-            partition=partition,
             completed=result.completed,
             batches=result.batches,
             more_pending=result.more_pending,

@@ -1,0 +1,69 @@
+"""Logging for every ledgerq process (API, worker, beat): structlog, JSON lines or readable console.
+
+structlog's own lines are rendered directly (fast path); lines from the standard library's loggers
+(uvicorn, Celery, SQLAlchemy, kombu) go through the same processors and renderer, so a process
+writes one format only. Context bound with `structlog.contextvars` (the request id, an operation
+id) is merged into every structlog line of that context.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+from structlog.typing import Processor
+
+# Loggers that are chatty at INFO and say nothing an operator needs at that level.
+_QUIET = {"kombu": logging.WARNING, "amqp": logging.WARNING, "urllib3": logging.WARNING}
+
+
+def _renderer(log_format: str, stream: TextIO) -> Processor:
+    if log_format == "json":
+        return structlog.processors.JSONRenderer()
+    # Plain tracebacks: a rich one prints each frame's local variables, passwords and keys included.
+    return structlog.dev.ConsoleRenderer(
+        colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+    )
+
+
+def configure_logging(log_format: str, log_level: str, stream: TextIO | None = None) -> None:
+    """Configure structlog and the root logger of this process (idempotent: safe to call twice)."""
+    stream = stream or sys.stderr
+    level = logging.getLevelNamesMapping().get(log_level.upper(), logging.INFO)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if log_format == "json":
+        # The console renderer prints tracebacks itself (prettier); JSON needs them as a string.
+        shared.append(structlog.processors.format_exc_info)
+    renderer = _renderer(log_format, stream)
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )
+
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name, quiet in _QUIET.items():
+        logging.getLogger(name).setLevel(max(quiet, level))
+    # uvicorn configures its own handler before the app exists; send its lines to ours. (Its
+    # access log stays as uvicorn was told: `ledgerq api` turns it off, requests log themselves.)
+    uvicorn = logging.getLogger("uvicorn")
+    uvicorn.handlers.clear()
+    uvicorn.propagate = True

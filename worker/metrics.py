@@ -1,0 +1,162 @@
+"""Worker metrics: what each worker process applied, served over HTTP for Prometheus to scrape.
+
+Why an endpoint per worker process rather than prometheus-client's multiprocess mode: workers run
+on any number of hosts, and a multiprocess directory is shared by the processes of one host only.
+Each worker process serves its own registry on LEDGERQ_WORKER_METRICS_HOST:PORT (the first free
+port of PORT..PORT+15, so several workers on one host each get one), and Prometheus scrapes every
+worker like any other target; sums across workers are PromQL's job. Facts of PostgreSQL and Redis
+(pending depth, live workers) are not here: the API computes them at scrape time.
+
+The worker also counts completions per partition in Redis, in one-second buckets, for the admin
+queue view's "applied in the last minute" (read by the API, any number of workers).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.exposition import start_http_server
+
+from worker.apply_loop import Completion
+
+log = structlog.get_logger(__name__)
+
+# The worker's own registry: the API imports this module (for the Redis keys) and must not
+# expose empty worker series of its own.
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+
+OPERATIONS_APPLIED = Counter(
+    "ledgerq_operations_applied",
+    "Operations applied successfully (status succeeded), by operation type.",
+    ["type"],
+    registry=REGISTRY,
+)
+OPERATIONS_FAILED = Counter(
+    "ledgerq_operations_failed",
+    "Operations that failed when applied (status failed), by operation type and failure code.",
+    ["type", "code"],
+    registry=REGISTRY,
+)
+APPLY_LATENCY = Histogram(
+    "ledgerq_operation_latency_seconds",
+    "Seconds from submit (the operation id's UUIDv7 timestamp, taken by the API) to the commit "
+    "of the batch that applied it, succeeded or failed.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "ledgerq_batch_size",
+    "Operations applied per batch (one transaction).",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+    registry=REGISTRY,
+)
+
+
+def submitted_at(operation_id: str) -> float | None:
+    """Unix seconds encoded in a UUIDv7 operation id (None for any other kind of id)."""
+    try:
+        value = uuid.UUID(operation_id)
+    except ValueError:
+        return None
+    if value.version != 7:
+        return None
+    return (value.int >> 80) / 1000.0
+
+
+def record_batch(completions: Sequence[Completion], committed_at: float) -> None:
+    """Count one committed batch: outcomes by type and code, latency of each, the batch's size."""
+    BATCH_SIZE.observe(len(completions))
+    for c in completions:
+        if c.status == "succeeded":
+            OPERATIONS_APPLIED.labels(c.type).inc()
+        else:
+            OPERATIONS_FAILED.labels(c.type, c.error_code or "unknown").inc()
+        started = submitted_at(c.id)
+        if started is not None:
+            # Clocks of the API's and the worker's hosts may differ a little; never negative.
+            APPLY_LATENCY.observe(max(0.0, committed_at - started))
+
+
+def serve_metrics(host: str, port: int, tries: int = 16) -> int | None:
+    """Serve REGISTRY on the first free port of port..port+tries-1; the port, or None."""
+    if port == 0:
+        return None
+    for candidate in range(port, min(port + tries, 65536)):
+        try:
+            start_http_server(candidate, addr=host, registry=REGISTRY)
+        except OSError:
+            continue
+        log.info("worker_metrics_listening", host=host, port=candidate)
+        return candidate
+    log.warning("worker_metrics_unavailable", host=host, ports=f"{port}-{port + tries - 1}")
+    return None
+
+
+# ----------------------------------------------------------------- recent completions in Redis
+
+RECENT_PREFIX = "ledgerq:completed:"
+RECENT_WINDOW = 60
+# Buckets live a little longer than the window; Redis's clock names them, so hosts agree.
+_COUNT_RECENT = """
+local now = tonumber(redis.call('TIME')[1])
+local key = KEYS[1] .. now
+redis.call('HINCRBY', key, 'a' .. ARGV[1], tonumber(ARGV[2]))
+redis.call('HINCRBY', key, 'f' .. ARGV[1], tonumber(ARGV[3]))
+redis.call('EXPIRE', key, tonumber(ARGV[4]))
+return now
+"""
+# Sums of the last ARGV[1] one-second buckets: a flat list of field, total (a<p> applied, f<p> failed).
+READ_RECENT = """
+local now = tonumber(redis.call('TIME')[1])
+local totals = {}
+for second = now - tonumber(ARGV[1]) + 1, now do
+  local flat = redis.call('HGETALL', KEYS[1] .. second)
+  for i = 1, #flat, 2 do
+    totals[flat[i]] = (totals[flat[i]] or 0) + tonumber(flat[i + 1])
+  end
+end
+local out = {}
+for field, total in pairs(totals) do
+  out[#out + 1] = field
+  out[#out + 1] = total
+end
+return out
+"""
+
+
+@functools.cache
+def _count_script(client: redis.Redis) -> Any:
+    return client.register_script(_COUNT_RECENT)
+
+
+def count_recent(client: redis.Redis, partition: int, completions: Sequence[Completion]) -> None:
+    """Add a batch to its partition's per-second completion counts (best effort: a view, not the truth)."""
+    failed = sum(1 for c in completions if c.status != "succeeded")
+    try:
+        _count_script(client)(
+            keys=[RECENT_PREFIX],
+            args=[partition, len(completions) - failed, failed, RECENT_WINDOW * 2],
+        )
+    except redis.RedisError as exc:
+        log.warning("recent_count_failed", partition=partition, error=str(exc))
+
+
+def parse_recent(flat: Sequence[bytes | str | int]) -> dict[int, tuple[int, int]]:
+    """READ_RECENT's answer -> partition: (applied, failed)."""
+    totals: dict[int, list[int]] = {}
+    for i in range(0, len(flat) - 1, 2):
+        field = flat[i]
+        name = field.decode() if isinstance(field, bytes) else str(field)
+        kind, partition = name[:1], name[1:]
+        if kind not in ("a", "f") or not partition.isdigit():
+            continue
+        slot = totals.setdefault(int(partition), [0, 0])
+        slot[0 if kind == "a" else 1] += int(flat[i + 1])
+    return {p: (v[0], v[1]) for p, v in totals.items()}
