@@ -24,7 +24,8 @@ from api.controllers.investments import (
 )
 from api.controllers.operations import OperationController
 from api.errors import ProblemResponsesPlugin, internal_error_handler, problem_details_plugin
-from api.logging import configure_logging
+from api.logging import RequestIdMiddleware, echo_request_id
+from api.metrics import metrics, prometheus_config
 from api.ratelimit import (
     RATE_LIMIT_EXCLUDE,
     RATE_LIMIT_STORE,
@@ -32,6 +33,7 @@ from api.ratelimit import (
     rate_limit_store,
 )
 from api.state import channels_plugin, lifespan_for
+from worker.logging_setup import configure_logging
 from worker.settings import Settings, get_settings
 
 SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
@@ -54,16 +56,23 @@ SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     settings.require_secret_key()  # fail at start, not at the first token
-    configure_logging(settings)
+    configure_logging(settings.log_format, settings.log_level)
     redis_client = redis.asyncio.Redis.from_url(settings.redis_url)
-    # Authentication runs first (outermost), so the rate limiter counts per principal.
-    middleware: list[DefineMiddleware] = [authentication_middleware]
+    # Outermost first: the request id (so every line logged for the request carries it), request
+    # metrics (401s and 429s counted too), then authentication, so the rate limiter counts per
+    # principal.
+    middleware: list[DefineMiddleware | RequestIdMiddleware] = [
+        RequestIdMiddleware(),
+        prometheus_config().middleware,
+        authentication_middleware,
+    ]
     if settings.rate_limit > 0:
         middleware.append(rate_limit_config(settings).middleware)
     return Litestar(
         route_handlers=[
             health,
             ready,
+            metrics,
             AuthController,
             ApiKeyController,
             AccountController,
@@ -76,6 +85,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             follow_captado,
         ],
         middleware=middleware,
+        before_send=[echo_request_id],
+        # Logging is configured above (worker/logging_setup.py), not by Litestar's defaults.
+        logging_config=None,
         guards=[require_access],
         stores={RATE_LIMIT_STORE: rate_limit_store(redis_client)},
         plugins=[

@@ -102,6 +102,7 @@ ACCESS: dict[str, str] = {
     "listOperations": ACCOUNTS_READ,
     "listUsers": ADMIN,
     "listAllAccounts": ADMIN,
+    "listQueues": ADMIN,
     "createAsset": ADMIN,
     "upsertPrices": ADMIN,
     "listAssets": ACCOUNTS_READ,

@@ -151,6 +151,7 @@ ROUTE_PROBLEMS: dict[str, set[int]] = {
     "submitOperation": {503},
     "submitOperationBatch": {503},
     "createAsset": {409},
+    "listQueues": {503},
 }
 
 

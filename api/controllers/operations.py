@@ -13,6 +13,7 @@ from api import intake
 from api.auth import Principal
 from api.controllers.accounts import Cursor, Limit
 from api.errors import ApiError
+from api.metrics import OPERATIONS_SUBMITTED
 from api.pagination import decode_int_cursor, encode_cursor
 from api.prefer import parse_prefer_wait
 from api.schemas import (
@@ -129,16 +130,15 @@ class OperationController(Controller):
         if isinstance(outcome, ApiError):
             raise outcome
         row = outcome.row
+        # Everything this request logs from here on is about this operation.
+        structlog.contextvars.bind_contextvars(operation_id=str(row.id))
         headers = {"Location": location(row.id)}
         if outcome.created:
-            log.info(
-                "operation_accepted",
-                operation_id=str(row.id),
-                type=row.type,
-                partition=row.partition,
-            )
+            OPERATIONS_SUBMITTED.labels(row.type).inc()
+            log.info("operation_accepted", type=row.type, partition=row.partition)
         else:
             headers["Idempotent-Replayed"] = "true"
+            log.info("operation_replayed", type=row.type, status=row.status)
         wait = parse_prefer_wait(prefer, services.settings.max_wait)
         if wait is not None:
             headers["Preference-Applied"] = f"wait={wait}"
@@ -168,6 +168,8 @@ class OperationController(Controller):
                     )
                 )
             else:
+                if outcome.created:
+                    OPERATIONS_SUBMITTED.labels(outcome.row.type).inc()
                 results.append(
                     BatchItemResult(
                         index=index,
@@ -178,6 +180,12 @@ class OperationController(Controller):
                 )
         accepted = sum(1 for r in results if r.status == 202)
         replayed = sum(1 for r in results if r.replayed)
+        log.info(
+            "operation_batch_accepted",
+            operation_ids=[str(r.operation.id) for r in results if r.status == 202 and r.operation],
+            replayed=replayed,
+            rejected=len(results) - accepted - replayed,
+        )
         return BatchResponse(
             accepted=accepted,
             replayed=replayed,

@@ -256,7 +256,7 @@ async def test_accounts_list_pages(alice: LedgerClient) -> None:
 async def test_health_ready_and_docs(http: httpx.AsyncClient) -> None:
     assert (await http.get("/health")).json()["status"] == "ok"
     ready = (await http.get("/ready")).json()
-    assert ready["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert ready["checks"] == {"postgres": "ok", "migrations": "ok", "redis": "ok", "broker": "ok"}
     assert (await http.get("/docs")).status_code == 200
     schema = (await http.get("/docs/openapi.json")).json()
     assert "/api/v1/operations" in schema["paths"]
