@@ -14,6 +14,7 @@ from api.controllers.accounts import AccountController
 from api.controllers.admin import AdminController
 from api.controllers.api_keys import ApiKeyController
 from api.controllers.auth import AuthController
+from api.controllers.events import follow_account, follow_operation
 from api.controllers.health import health, ready
 from api.controllers.investments import (
     AssetController,
@@ -83,6 +84,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ClientController,
             ReportController,
             follow_captado,
+            follow_operation,
+            follow_account,
         ],
         middleware=middleware,
         before_send=[echo_request_id],

@@ -100,6 +100,8 @@ ACCESS: dict[str, str] = {
     "cancelOperation": OPERATIONS_WRITE,
     "getOperation": ACCOUNTS_READ,
     "listOperations": ACCOUNTS_READ,
+    "followOperation": ACCOUNTS_READ,
+    "followAccount": ACCOUNTS_READ,
     "listUsers": ADMIN,
     "listAllAccounts": ADMIN,
     "listQueues": ADMIN,

@@ -172,7 +172,7 @@ async def test_every_authenticated_route_has_an_access_rule(http: httpx.AsyncCli
     }
     # A route without a rule is refused to everyone; a rule without a route is a stale rule.
     # WebSocket routes have no place in OpenAPI; they are checked in test_investments.py.
-    websockets = {"followCaptado"}
+    websockets = {"followCaptado", "followAccount"}
     assert guarded == set(ACCESS) - websockets
     assert set(schema["components"]["securitySchemes"]) == {"basic", "bearer", "apiKey"}
 
