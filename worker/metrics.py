@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -28,35 +29,50 @@ from worker.apply_loop import Completion
 log = structlog.get_logger(__name__)
 
 # The worker's own registry: the API imports this module (for the Redis keys) and must not
-# expose empty worker series of its own.
+# expose worker series; the metrics are made on first use, so only a worker process has them (in
+# prometheus-client's multiprocess mode, merely creating one writes a file the API would read).
 REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
 
-OPERATIONS_APPLIED = Counter(
-    "ledgerq_operations_applied",
-    "Operations applied successfully (status succeeded), by operation type.",
-    ["type"],
-    registry=REGISTRY,
-)
-OPERATIONS_FAILED = Counter(
-    "ledgerq_operations_failed",
-    "Operations that failed when applied (status failed), by operation type and failure code.",
-    ["type", "code"],
-    registry=REGISTRY,
-)
-APPLY_LATENCY = Histogram(
-    "ledgerq_operation_latency_seconds",
-    "Seconds from submit (the operation id's UUIDv7 timestamp, taken by the API) to the commit "
-    "of the batch that applied it, succeeded or failed.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
-    registry=REGISTRY,
-)
-BATCH_SIZE = Histogram(
-    "ledgerq_batch_size",
-    "Operations applied per batch (one transaction).",
-    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
-    registry=REGISTRY,
-)
+
+@dataclass(frozen=True)
+class WorkerMetrics:
+    applied: Counter
+    failed: Counter
+    latency: Histogram
+    batch_size: Histogram
+
+
+@functools.cache
+def worker_metrics() -> WorkerMetrics:
+    ProcessCollector(registry=REGISTRY)
+    return WorkerMetrics(
+        applied=Counter(
+            "ledgerq_operations_applied",
+            "Operations applied successfully (status succeeded), by operation type.",
+            ["type"],
+            registry=REGISTRY,
+        ),
+        failed=Counter(
+            "ledgerq_operations_failed",
+            "Operations that failed when applied (status failed), by operation type and failure "
+            "code.",
+            ["type", "code"],
+            registry=REGISTRY,
+        ),
+        latency=Histogram(
+            "ledgerq_operation_latency_seconds",
+            "Seconds from submit (the operation id's UUIDv7 timestamp, taken by the API) to the "
+            "commit of the batch that applied it, succeeded or failed.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=REGISTRY,
+        ),
+        batch_size=Histogram(
+            "ledgerq_batch_size",
+            "Operations applied per batch (one transaction).",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+            registry=REGISTRY,
+        ),
+    )
 
 
 def submitted_at(operation_id: str) -> float | None:
@@ -72,22 +88,24 @@ def submitted_at(operation_id: str) -> float | None:
 
 def record_batch(completions: Sequence[Completion], committed_at: float) -> None:
     """Count one committed batch: outcomes by type and code, latency of each, the batch's size."""
-    BATCH_SIZE.observe(len(completions))
+    m = worker_metrics()
+    m.batch_size.observe(len(completions))
     for c in completions:
         if c.status == "succeeded":
-            OPERATIONS_APPLIED.labels(c.type).inc()
+            m.applied.labels(c.type).inc()
         else:
-            OPERATIONS_FAILED.labels(c.type, c.error_code or "unknown").inc()
+            m.failed.labels(c.type, c.error_code or "unknown").inc()
         started = submitted_at(c.id)
         if started is not None:
             # Clocks of the API's and the worker's hosts may differ a little; never negative.
-            APPLY_LATENCY.observe(max(0.0, committed_at - started))
+            m.latency.observe(max(0.0, committed_at - started))
 
 
 def serve_metrics(host: str, port: int, tries: int = 16) -> int | None:
     """Serve REGISTRY on the first free port of port..port+tries-1; the port, or None."""
     if port == 0:
         return None
+    worker_metrics()  # served from the start, zeros included
     for candidate in range(port, min(port + tries, 65536)):
         try:
             start_http_server(candidate, addr=host, registry=REGISTRY)
