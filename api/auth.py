@@ -216,6 +216,11 @@ def parse_basic(encoded: str) -> tuple[str, str]:
     return username, password
 
 
+# argon2 takes 64 MiB per check: a few at a time, so a burst of logins (or of guesses) cannot
+# take the process's memory with it (64 connections opening at once reached 1.8 GB unbounded).
+_password_checks = anyio.Semaphore(4)
+
+
 async def verify_password(password_hash: str, password: str) -> bool:
     def check() -> bool:
         try:
@@ -223,7 +228,7 @@ async def verify_password(password_hash: str, password: str) -> bool:
         except (VerificationError, InvalidHashError):
             return False
 
-    # argon2 is deliberately slow; keep it off the event loop.
+    # argon2 is deliberately slow: keep it off the event loop.
     return await anyio.to_thread.run_sync(check)
 
 
@@ -241,9 +246,18 @@ async def authenticate_basic(
     cached = services.credentials.get(username, password)
     if cached is not None:
         return cached
-    async with services.reads.connect() as conn:
-        user = await queries.user_by_username(conn, username)
-    ok = await verify_password(user.password_hash if user else _DUMMY_HASH, password)
+    async with _password_checks:
+        # Look again: a request with the same credentials may have verified them while we waited.
+        cached = services.credentials.get(username, password)
+        if cached is not None:
+            return cached
+        async with services.reads.connect() as conn:
+            user = await queries.user_by_username(conn, username)
+        ok = await verify_password(user.password_hash if user else _DUMMY_HASH, password)
+        if user is not None and ok:
+            services.credentials.put(
+                username, password, user_principal(user.id, user.username, "basic")
+            )
     if user is None or not ok:
         await services.login_throttle.record_failure(username, address)
         raise unauthenticated("Invalid username or password.")
