@@ -183,6 +183,15 @@ class CredentialCache:
         self._ttl = ttl_seconds
         self._max = max_entries
         self._entries: dict[bytes, tuple[float, Principal]] = {}
+        self._locks: dict[bytes, anyio.Lock] = {}
+
+    def lock_for(self, username: str, password: str) -> anyio.Lock:
+        """One verification at a time per credential pair: when an entry expires under load, one
+        request checks the password and the others wait for its answer instead of repeating it."""
+        digest = self._digest(username, password)
+        if len(self._locks) >= self._max:
+            self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+        return self._locks.setdefault(digest, anyio.Lock())
 
     def _digest(self, username: str, password: str) -> bytes:
         message = username.lower().encode() + b"\x00" + password.encode()
@@ -246,7 +255,7 @@ async def authenticate_basic(
     cached = services.credentials.get(username, password)
     if cached is not None:
         return cached
-    async with _password_checks:
+    async with services.credentials.lock_for(username, password), _password_checks:
         # Look again: a request with the same credentials may have verified them while we waited.
         cached = services.credentials.get(username, password)
         if cached is not None:
