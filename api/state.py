@@ -20,7 +20,7 @@ from api.backlog import BacklogMonitor
 from api.directory import AccountDirectory
 from api.ratelimit import LoginThrottle, login_throttle
 from api.waiters import CompletionWaiters
-from worker.events import CAPTADO_CHANNEL, OPERATIONS_CHANNEL
+from worker.events import CAPTADO_CHANNEL, OPERATIONS_CHANNEL, channel
 from worker.settings import Settings
 from worker.store.db import make_async_engine
 from worker.store.fast import FastStore
@@ -55,14 +55,19 @@ def services_of(app: Litestar) -> Services:
 def channels_plugin(redis_client: redis.asyncio.Redis) -> ChannelsPlugin:
     return ChannelsPlugin(
         backend=RedisChannelsPubSubBackend(redis=redis_client),
-        channels=[OPERATIONS_CHANNEL, CAPTADO_CHANNEL],
+        channels=[
+            channel(OPERATIONS_CHANNEL, redis_client),
+            channel(CAPTADO_CHANNEL, redis_client),
+        ],
     )
 
 
-async def _follow_completions(channels: ChannelsPlugin, waiters: CompletionWaiters) -> None:
+async def _follow_completions(
+    channels: ChannelsPlugin, waiters: CompletionWaiters, name: str
+) -> None:
     while True:
         try:
-            async with channels.start_subscription([OPERATIONS_CHANNEL]) as subscriber:
+            async with channels.start_subscription([name]) as subscriber:
                 async for message in subscriber.iter_events():
                     waiters.dispatch(message)
         except asyncio.CancelledError:
@@ -99,7 +104,11 @@ def lifespan_for(
         app.state.services = services
         channels = app.plugins.get(ChannelsPlugin)
         tasks = [
-            asyncio.create_task(_follow_completions(channels, services.waiters)),
+            asyncio.create_task(
+                _follow_completions(
+                    channels, services.waiters, channel(OPERATIONS_CHANNEL, services.redis)
+                )
+            ),
             asyncio.create_task(services.backlog.run(engine)),
         ]
         try:

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 import redis
+import redis.asyncio
 import structlog
 
 from worker.apply_loop import Completion
@@ -14,8 +15,17 @@ from worker.apply_loop import Completion
 log = structlog.get_logger(__name__)
 
 # Plain Redis pub/sub channels; the API listens on them through Litestar's ChannelsPlugin.
-OPERATIONS_CHANNEL = "ledgerq.operations"
-CAPTADO_CHANNEL = "ledgerq.captado"
+OPERATIONS_CHANNEL = "operations"
+CAPTADO_CHANNEL = "captado"
+
+
+def channel(name: str, client: redis.Redis | redis.asyncio.Redis) -> str:
+    """Pub/sub channels are global to a Redis server, whatever the database number: named after
+    the database, deployments (or test runs) sharing one server never hear each other."""
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    return f"ledgerq.{db}.{name}"
+
+
 _INVESTMENT_TYPES = frozenset({"allocation", "redemption"})
 
 
@@ -41,7 +51,7 @@ def publish_completions(client: redis.Redis, completions: Sequence[Completion]) 
     if not completions:
         return
     try:
-        client.publish(OPERATIONS_CHANNEL, encode_completions(completions))
+        client.publish(channel(OPERATIONS_CHANNEL, client), encode_completions(completions))
         if any(c.type in _INVESTMENT_TYPES and c.status == "succeeded" for c in completions):
             invalidate_captado(client, dt.datetime.now(dt.UTC))
     except redis.RedisError as exc:
@@ -52,4 +62,4 @@ def invalidate_captado(client: redis.Redis, now: dt.datetime) -> None:
     """Drop the cached captado of the month and tell WebSocket followers to recompute it."""
     for year, month in months_touched(now):
         client.delete(captado_cache_key(year, month))
-        client.publish(CAPTADO_CHANNEL, json.dumps({"year": year, "month": month}))
+        client.publish(channel(CAPTADO_CHANNEL, client), json.dumps({"year": year, "month": month}))

@@ -39,7 +39,7 @@ from api.state import services_of
 from domain.investments import market_value
 from domain.money import exponent, format_amount
 from domain.returns import format_scaled, month_bounds, parse_scaled
-from worker.events import CAPTADO_CHANNEL
+from worker.events import CAPTADO_CHANNEL, channel
 from worker.store import investments
 
 Month = Annotated[int, Parameter(ge=1, le=12, description="1-12")]
@@ -262,7 +262,9 @@ async def follow_captado(socket: WebSocket[Principal, Any, Any], month: int, yea
         return
     await socket.accept()
     channels = socket.app.plugins.get(ChannelsPlugin)
-    async with channels.start_subscription([CAPTADO_CHANNEL]) as subscriber:
+    async with channels.start_subscription(
+        [channel(CAPTADO_CHANNEL, services.redis)]
+    ) as subscriber:
         await socket.send_bytes(msgspec.json.encode(await captado_report(services, year, month)))
         async for message in subscriber.iter_events():
             touched = json.loads(message)

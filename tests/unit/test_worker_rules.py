@@ -60,3 +60,16 @@ def test_settings_fail_fast_naming_the_variable() -> None:
         Settings.from_env({**base, "LEDGERQ_PARTITIONS": "zero"})
     with pytest.raises(SettingsError, match="LEDGERQ_DATABASE_URL"):
         Settings.from_env({**base, "LEDGERQ_DATABASE_URL": "mysql://x"})
+
+
+def test_channels_are_named_after_the_redis_database() -> None:
+    # Redis pub/sub ignores database numbers: without this, deployments sharing a server cross-talk.
+    import redis
+
+    from worker.events import channel
+
+    assert (
+        channel("operations", redis.Redis.from_url("redis://127.0.0.1:1/5"))
+        == "ledgerq.5.operations"
+    )
+    assert channel("captado", redis.Redis.from_url("redis://127.0.0.1:1")) == "ledgerq.0.captado"
