@@ -227,6 +227,18 @@ def insert_pending(
     return [r["id"] for r in rows]
 
 
+def operation_count(engine: Engine, principal_id: str) -> int:
+    """Operations stored for a principal (bad input must leave this unchanged)."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(operations)
+                .where(operations.c.principal_id == principal_id)
+            ).scalar_one()
+        )
+
+
 def wait_terminal(engine: Engine, ids: list[UUID], timeout: float = 60) -> dict[UUID, str]:
     deadline = time.monotonic() + timeout
     while True:

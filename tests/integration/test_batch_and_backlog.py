@@ -18,24 +18,13 @@ from tests.integration.support import (
     assert_ledger_consistent,
     insert_pending,
     key,
+    operation_count,
     wait_for_http,
     wait_terminal,
 )
 from worker.devservers import free_port
 from worker.routing import partition_for
 from worker.store.ledger import ADVISORY_NAMESPACE
-from worker.store.tables import operations
-
-
-def count_for(engine: Engine, principal_id: str) -> int:
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.select(sa.func.count())
-                .select_from(operations)
-                .where(operations.c.principal_id == principal_id)
-            ).scalar_one()
-        )
 
 
 async def test_batch_of_1000_stores_valid_items_and_reports_each(
@@ -75,7 +64,7 @@ async def test_batch_of_1000_stores_valid_items_and_reports_each(
     )
     assert by_status == {202: 979, 422: 11, 404: 10}
     assert (body["accepted"], body["replayed"], body["rejected"]) == (979, 0, 21)
-    assert count_for(engine, alice.user_id) == 979
+    assert operation_count(engine, alice.user_id) == 979
 
     ids = [res["operation"]["id"] for res in results if res["status"] == 202]
     await alice.wait_all(ids)
@@ -94,7 +83,7 @@ async def test_batch_of_1000_stores_valid_items_and_reports_each(
         for res in replay["results"]
         if res["status"] == 200
     )
-    assert count_for(engine, alice.user_id) == 979
+    assert operation_count(engine, alice.user_id) == 979
     assert_ledger_consistent(engine)
 
 
@@ -136,7 +125,7 @@ async def test_full_backlog_answers_503_and_stores_nothing(
         try:
             held = insert_pending(engine, alice.user_id, account, [100] * 6)
             await asyncio.sleep(2.5)  # the monitor refreshes every second
-            before = count_for(engine, alice.user_id)
+            before = operation_count(engine, alice.user_id)
             async with httpx.AsyncClient(
                 base_url=small_backlog_api, auth=alice.auth, timeout=30
             ) as client:
@@ -148,7 +137,7 @@ async def test_full_backlog_answers_503_and_stores_nothing(
             assert r.status_code == 503, r.text
             assert r.json()["code"] == "backlog_full"
             assert r.headers["Retry-After"] == "1"
-            assert count_for(engine, alice.user_id) == before
+            assert operation_count(engine, alice.user_id) == before
         finally:
             holder.execute(sa.select(sa.func.pg_advisory_unlock(ADVISORY_NAMESPACE, partition)))
             holder.commit()

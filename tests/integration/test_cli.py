@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -13,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
-from psycopg import sql
 
 from api.cli import api_command, beat_command, worker_command
+from tests.integration.isolated import descendants, fresh_database, processes
 from worker.devservers import free_port
 from worker.settings import VARIABLES, Settings
 from worker.store import migrate
@@ -34,17 +32,8 @@ def dev_redis_url(server_urls: tuple[str, str]) -> str:
 @pytest.fixture
 def throwaway_database(server_urls: tuple[str, str]) -> Iterator[str]:
     """A new, empty database on the test server (plain postgresql:// URL), dropped afterwards."""
-    server_url = server_urls[0].replace("postgresql+psycopg://", "postgresql://", 1)
-    name = f"ledgerq_cli_{secrets.token_hex(4)}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"{server_url.rpartition('/')[0]}/{name}"
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with fresh_database(server_urls[0], "ledgerq_cli") as url:
+        yield url
 
 
 def _clean_env(**overrides: str) -> dict[str, str]:
@@ -171,34 +160,15 @@ def test_dev_refuses_when_only_one_url_is_set(tmp_path: Path) -> None:
     assert not (tmp_path / "postgres").exists()
 
 
-def _processes() -> dict[int, tuple[int, int, str]]:
-    """pid -> (ppid, pgid, state) for every process we can see."""
-    found: dict[int, tuple[int, int, str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            found[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0])
-    return found
-
-
 def _descendant_groups(root: int) -> set[int]:
     """Process groups of every live descendant of root, except root's own group."""
-    procs = _processes()
-    own_group = procs[root][1]
-    family, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, (ppid, _, _) in procs.items() if ppid in frontier} - family
-        family |= frontier
-    return {procs[pid][1] for pid in family} - {own_group}
+    procs = processes()
+    return {procs[pid][1] for pid in descendants(root) if pid in procs} - {procs[root][1]}
 
 
 def _live_in_groups(groups: set[int]) -> list[int]:
     # A zombie holds no port and runs no code; where pid 1 does not reap, some linger.
-    return [
-        pid for pid, (_, pgid, state) in _processes().items() if pgid in groups and state != "Z"
-    ]
+    return [pid for pid, (_, pgid, state) in processes().items() if pgid in groups and state != "Z"]
 
 
 @pytest.mark.timeout(150)

@@ -7,22 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from tests.integration.support import LedgerClient, key
-from worker.store.tables import operations
-
-
-def operation_count(engine: Engine, principal_id: str) -> int:
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.select(sa.func.count())
-                .select_from(operations)
-                .where(operations.c.principal_id == principal_id)
-            ).scalar_one()
-        )
+from tests.integration.support import LedgerClient, key, operation_count
 
 
 def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:

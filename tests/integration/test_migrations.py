@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from tests.integration.isolated import fresh_database
 from worker.settings import normalize_database_url
 from worker.store.migrate import current_revision, downgrade, head_revision, upgrade
 from worker.store.tables import metadata
@@ -18,13 +17,8 @@ from worker.store.tables import metadata
 
 @pytest.fixture
 def empty_database(server_urls: tuple[str, str]) -> Iterator[str]:
-    server = server_urls[0].replace("postgresql+psycopg://", "postgresql://", 1)
-    name = f"ledgerq_migrations_{secrets.token_hex(4)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield normalize_database_url(f"{server.rpartition('/')[0]}/{name}")
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(server_urls[0], "ledgerq_migrations") as url:
+        yield normalize_database_url(url)
 
 
 def test_upgrade_from_empty_matches_metadata_and_downgrades(empty_database: str) -> None:
