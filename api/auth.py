@@ -295,8 +295,30 @@ def issue_token(secret_key: str, principal: Principal, ttl_seconds: int) -> str:
     return jwt.encode(claims, secret_key, algorithm=JWT_ALGORITHM)
 
 
+# Tokens whose signature this process has checked, until they expire: decoding and checking a
+# JWT took about 60 us of the 450 us a balance read costs. Keyed by an HMAC of the token under
+# the signing key (never the token itself), so a key rotation invalidates every entry.
+_verified_tokens: dict[bytes, tuple[int, Principal]] = {}
+_VERIFIED_TOKENS_MAX = 10_000
+
+
 def verify_token(secret_key: str, token: str) -> Principal:
     """A token is its own proof (signature and expiry): no database lookup per request."""
+    digest = hmac.new(secret_key.encode(), token.encode(), hashlib.sha256).digest()
+    hit = _verified_tokens.get(digest)
+    if hit is not None:
+        expires, principal = hit
+        if time.time() < expires:
+            return principal
+        del _verified_tokens[digest]
+    principal, expires = _decode_token(secret_key, token)
+    if len(_verified_tokens) >= _VERIFIED_TOKENS_MAX:
+        _verified_tokens.clear()
+    _verified_tokens[digest] = (expires, principal)
+    return principal
+
+
+def _decode_token(secret_key: str, token: str) -> tuple[Principal, int]:
     try:
         claims = jwt.decode(
             token,
@@ -307,11 +329,12 @@ def verify_token(secret_key: str, token: str) -> Principal:
         )
         user_id = UUID(claims["sub"])
         username = str(claims.get("name", ""))
+        expires = int(claims["exp"])
     except jwt.ExpiredSignatureError:
         raise unauthenticated("The token has expired.", bearer_error="invalid_token") from None
     except (jwt.InvalidTokenError, ValueError, TypeError):
         raise unauthenticated("The token is not valid.", bearer_error="invalid_token") from None
-    return user_principal(user_id, username, "bearer")
+    return user_principal(user_id, username, "bearer"), expires
 
 
 # ---------------------------------------------------------------- API keys and the master key

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from domain.apply import NO_HOLDINGS, Applied, apply_batch
@@ -77,9 +77,9 @@ def next_batch_limit(limit: int, applied: int, ceiling: int) -> int:
 _known_world: set[UUID] = set()
 
 
-def apply_next_batch(engine: Engine, partition: int, batch_size: int) -> list[Completion]:
+def apply_next_batch(conn: Connection, partition: int, batch_size: int) -> list[Completion]:
     """One transaction: lock the partition, apply up to batch_size pending operations, commit."""
-    with engine.begin() as conn:
+    with conn.begin():
         lock_partition(conn, partition)
         batch = pending_batch(conn, partition, batch_size)
         if not batch:
@@ -130,12 +130,12 @@ def apply_next_batch(engine: Engine, partition: int, batch_size: int) -> list[Co
 
 
 def apply_with_retry(
-    engine: Engine, partition: int, batch_size: int, attempts: int = 8
+    conn: Connection, partition: int, batch_size: int, attempts: int = 8
 ) -> list[Completion]:
     """Deadlocks and serialization failures roll back everything; try the batch again."""
     for attempt in range(1, attempts + 1):
         try:
-            return apply_next_batch(engine, partition, batch_size)
+            return apply_next_batch(conn, partition, batch_size)
         except DBAPIError as exc:
             if not is_retryable(exc) or attempt == attempts:
                 raise
@@ -165,22 +165,24 @@ def drain_partition(
     completed = batches = 0
     limit = min(MIN_BATCH, batch_size)
     released = False
-    while True:
-        done = apply_with_retry(engine, partition, limit)
-        if not done:
-            if release is None or released:
-                return DrainResult(completed, batches, more_pending=False)
-            # Clear the doorbell only now, then look once more: an operation committed before the
-            # clear was seen by this look; one committed after it finds no bell and rings anew.
-            release()
-            released = True
-            continue
-        if released and reclaim is not None:
-            reclaim()
-            released = False
-        completed += len(done)
-        batches += 1
-        publish(done)
-        limit = next_batch_limit(limit, len(done), batch_size)
-        if time.monotonic() >= deadline:
-            return DrainResult(completed, batches, more_pending=True)
+    # One connection for the whole drain: a checkout per batch cost more than the batch's SQL.
+    with engine.connect() as conn:
+        while True:
+            done = apply_with_retry(conn, partition, limit)
+            if not done:
+                if release is None or released:
+                    return DrainResult(completed, batches, more_pending=False)
+                # Clear the doorbell only now, then look once more: an operation committed before the
+                # clear was seen by this look; one committed after it finds no bell and rings anew.
+                release()
+                released = True
+                continue
+            if released and reclaim is not None:
+                reclaim()
+                released = False
+            completed += len(done)
+            batches += 1
+            publish(done)
+            limit = next_batch_limit(limit, len(done), batch_size)
+            if time.monotonic() >= deadline:
+                return DrainResult(completed, batches, more_pending=True)

@@ -25,6 +25,10 @@ from worker.sweeper import stale_partitions
 log = structlog.get_logger(__name__)
 
 
+# How the worker's connections appear in pg_stat_activity.
+APPLICATION_NAME = "ledgerq-worker"
+
+
 @dataclass(frozen=True)
 class Resources:
     engine: Engine
@@ -36,7 +40,9 @@ def resources() -> Resources:
     """Per process, created on first use: pool children must not share their parent's sockets."""
     settings = get_settings()
     return Resources(
-        engine=make_engine(settings.database_url, pool_size=2),
+        engine=make_engine(
+            settings.database_url, pool_size=2, pre_ping=False, application_name=APPLICATION_NAME
+        ),
         redis=redis.Redis.from_url(settings.redis_url),
     )
 

@@ -23,6 +23,7 @@ from worker.celery_app import app as celery_app
 from worker.routing import DRAIN_TASK, partition_for
 from worker.store.db import make_engine
 from worker.store.tables import operations
+from worker.tasks import APPLICATION_NAME
 
 
 def balance_minor(engine: Engine, account_id: str) -> int:
@@ -173,4 +174,33 @@ async def test_worker_killed_inside_an_open_batch_transaction(
     assert set(entry_counts(engine, ids).values()) == {2}
     assert balance_minor(engine, account) == 300 * 100 - 100 * 50
     assert balance_minor(engine, other) == 100 * 50
+    assert_ledger_consistent(engine)
+
+
+async def test_database_connections_dropped_under_the_worker_and_api(
+    alice: LedgerClient, engine: Engine, worker: Process
+) -> None:
+    """The worker's database connections are terminated (as a database restart would, and the
+    worker pings none before use): the next drain fails, Celery retries it on a new connection,
+    and every operation is applied once."""
+    account = await alice.create_account()
+    await alice.deposit(account, "1.00")  # the worker and the API hold warm connections now
+    with engine.connect() as conn:
+        dropped = conn.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = :name"
+            ),
+            {"name": APPLICATION_NAME},
+        ).scalar_one()
+    assert dropped >= 1
+
+    submitted = [
+        await alice.submit_ok({"type": "deposit", "account_id": account, "amount": "2.00"})
+        for _ in range(5)
+    ]
+    results = await alice.wait_all(submitted, within=90)
+    assert {r["status"] for r in results} == {"succeeded"}
+    assert await alice.balance(account) == "11.00"
+    assert set(entry_counts(engine, [UUID(i) for i in submitted]).values()) == {2}
     assert_ledger_consistent(engine)

@@ -20,8 +20,19 @@ def is_retryable(exc: BaseException) -> bool:
     return sqlstate(exc) in RETRYABLE_SQLSTATES
 
 
-def make_engine(url: str, pool_size: int = 5) -> Engine:
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+def make_engine(
+    url: str, pool_size: int = 5, pre_ping: bool = True, application_name: str | None = None
+) -> Engine:
+    """`pre_ping=False` for the worker: a ping is a round trip per checkout, and a connection
+    broken by a database restart fails its task, which Celery retries on a new connection.
+    `application_name` shows in pg_stat_activity."""
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=pre_ping,
+        connect_args={"application_name": application_name} if application_name else {},
+    )
 
 
 def make_async_engine(url: str, pool_size: int = 10, autocommit: bool = False) -> AsyncEngine:

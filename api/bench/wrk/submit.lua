@@ -6,7 +6,8 @@
 --   wrk -t2 -c64 -d30s -s api/bench/wrk/submit.lua http://127.0.0.1:8000 -- accounts.txt bench:PASSWORD
 --   uv run ledgerq bench verify
 --
--- Arguments after `--`: the account id file (one UUID a line) and USER:PASSWORD.
+-- Arguments after `--`: the account id file (one UUID a line) and USER:PASSWORD, or
+-- "Bearer TOKEN" (the fast method: POST /api/v1/auth/token with the same user's Basic credentials).
 -- wrk is closed loop (each connection sends its next request when the previous one answered);
 -- wrk2 (`-R RATE`) runs the same script open loop.
 
@@ -43,7 +44,7 @@ local errors = 0
 
 function init(args)
    if #args < 2 then
-      error("usage: wrk ... -s submit.lua URL -- ACCOUNTS_FILE USER:PASSWORD")
+      error("usage: wrk ... -s submit.lua URL -- ACCOUNTS_FILE (USER:PASSWORD | 'Bearer TOKEN')")
    end
    for line in io.lines(args[1]) do
       if #line > 0 then accounts[#accounts + 1] = line end
@@ -52,7 +53,11 @@ function init(args)
    math.randomseed(os.time() * 1000 + (thread_number or 0))
    -- Unique across threads and runs: time, thread number and a random part.
    prefix = string.format("wrk-%d-%d-%d-", os.time(), thread_number or 0, math.random(1, 1000000000))
-   headers["Authorization"] = "Basic " .. base64(args[2])
+   if args[2]:sub(1, 7) == "Bearer " then
+      headers["Authorization"] = args[2]
+   else
+      headers["Authorization"] = "Basic " .. base64(args[2])
+   end
    headers["Content-Type"] = "application/json"
 end
 
