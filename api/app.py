@@ -25,8 +25,8 @@ from api.controllers.investments import (
 )
 from api.controllers.operations import OperationController
 from api.errors import ProblemResponsesPlugin, internal_error_handler, problem_details_plugin
-from api.logging import RequestIdMiddleware, echo_request_id
-from api.metrics import metrics, prometheus_config
+from api.logging import RequestEdge
+from api.metrics import HttpMetrics, metrics
 from api.ratelimit import (
     RATE_LIMIT_EXCLUDE,
     RATE_LIMIT_STORE,
@@ -54,19 +54,19 @@ SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
 }
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+def create_app(settings: Settings | None = None) -> RequestEdge:
+    """What the server runs: the Litestar app inside the request edge (ids, metrics)."""
+    return RequestEdge(create_litestar(settings), HttpMetrics().record)
+
+
+def create_litestar(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     settings.require_secret_key()  # fail at start, not at the first token
     configure_logging(settings.log_format, settings.log_level)
     redis_client = redis.asyncio.Redis.from_url(settings.redis_url)
-    # Outermost first: the request id (so every line logged for the request carries it), request
-    # metrics (401s and 429s counted too), then authentication, so the rate limiter counts per
-    # principal.
-    middleware: list[DefineMiddleware | RequestIdMiddleware] = [
-        RequestIdMiddleware(),
-        prometheus_config().middleware,
-        authentication_middleware,
-    ]
+    # Request ids and HTTP metrics live in the edge around the app (below); inside it,
+    # authentication first, so the rate limiter counts per principal.
+    middleware: list[DefineMiddleware] = [authentication_middleware]
     if settings.rate_limit > 0:
         middleware.append(rate_limit_config(settings).middleware)
     return Litestar(
@@ -88,7 +88,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             follow_account,
         ],
         middleware=middleware,
-        before_send=[echo_request_id],
         # Logging is configured above (worker/logging_setup.py), not by Litestar's defaults.
         logging_config=None,
         guards=[require_access],

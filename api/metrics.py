@@ -9,7 +9,6 @@ counted by each worker process and scraped from it (worker/metrics.py).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,14 +16,12 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 from litestar import Request, Response, get
-from litestar.enums import ScopeType
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Histogram,
     generate_latest,
     multiprocess,
 )
@@ -45,70 +42,36 @@ OPERATIONS_SUBMITTED = Counter(
 )
 
 
-class RequestMetricsMiddleware(PrometheusMiddleware):
-    """Litestar's Prometheus middleware (same metrics and labels: ledgerq_http_requests_total and
-    ledgerq_http_request_duration_seconds by method, route template and status), made cheap enough
-    for the accept path: the stock one builds a Request, label dicts and a wrapped send and looks
-    up four labelled children per request (about 23 us here); this caches the children per
-    (method, route, status) and skips the in-progress and error series (errors are
-    status_code=~"5.." of the total)."""
+HTTP_LABELS = ["method", "path", "status_code", "app_name"]
+HTTP_REQUESTS = Counter(
+    "ledgerq_http_requests_total",
+    "HTTP requests by method, route template and status.",
+    HTTP_LABELS,
+)
+HTTP_DURATION = Histogram(
+    "ledgerq_http_request_duration_seconds",
+    "HTTP request duration in seconds, by method, route template and status.",
+    HTTP_LABELS,
+)
 
-    def __init__(self, app: ASGIApp, config: PrometheusConfig) -> None:
-        super().__init__(app, config)
+
+class HttpMetrics:
+    """ledgerq_http_requests_total and ledgerq_http_request_duration_seconds, labelled by route
+    template (never the raw path with its ids); errors are status_code=~"5..". Recorded by the
+    request edge (api/logging.py); the labelled children are looked up once per series."""
+
+    def __init__(self) -> None:
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    def _series(self, method: str, path: str, status: int) -> tuple[Any, Any]:
+    def record(self, method: str, path: str, status: int, seconds: float) -> None:
         key = (method, path, status)
         series = self._children.get(key)
         if series is None:
-            labels: dict[str, str | int | float] = {
-                "method": method,
-                "path": path,
-                "status_code": status,
-                "app_name": self._config.app_name,
-            }
-            values = list(labels.values())
-            series = (
-                self.request_count(labels).labels(*values),
-                self.request_time(labels).labels(*values),
-            )
+            values = (method, path, str(status), "ledgerq")
+            series = (HTTP_REQUESTS.labels(*values), HTTP_DURATION.labels(*values))
             self._children[key] = series
-        return series
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        status = 500
-
-        async def send_noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_noting_status)
-        except Exception as exc:
-            # Answered by Litestar's exception handling, outside this middleware (a 401, a 429).
-            status = getattr(exc, "status_code", 500)
-            raise
-        finally:
-            count, duration = self._series(
-                str(scope.get("method", "WEBSOCKET")), str(scope.get("path_template", "")), status
-            )
-            count.inc()
-            duration.observe(time.perf_counter() - started)
-
-
-def prometheus_config() -> PrometheusConfig:
-    """HTTP request metrics (ledgerq_http_*), labelled by route template, never by raw path."""
-    return PrometheusConfig(
-        app_name="ledgerq",
-        prefix="ledgerq_http",
-        group_path=True,
-        exclude=["^/metrics$"],
-        scopes={ScopeType.HTTP},
-        middleware_class=RequestMetricsMiddleware,
-    )
+        series[0].inc()
+        series[1].observe(seconds)
 
 
 # ----------------------------------------------------------------- the queue's facts

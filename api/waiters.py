@@ -34,6 +34,8 @@ class CompletionWaiters:
         self._following: dict[str, set[asyncio.Queue[list[dict[str, Any]]]]] = {}
 
     def dispatch(self, payload: bytes | str) -> None:
+        if not self._waiting and not self._following:
+            return  # nobody here is waiting: every batch of every worker arrives, skip the decode
         try:
             events = json.loads(payload)
         except ValueError:
