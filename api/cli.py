@@ -197,6 +197,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         f"database {mask_url(url)}: revision {before or 'base'} -> {after or 'base'}",
         soft_wrap=True,
     )
+    if (warning := migrate.check_autovacuum(url)) is not None:
+        errors.print(f"[yellow]warning:[/] {warning}")
     return 0
 
 

@@ -39,6 +39,18 @@ def _metrics_in_pool_child(**_: Any) -> None:
 
 
 @signals.worker_ready.connect
+def _warn_without_autovacuum(**_: Any) -> None:
+    import structlog
+
+    from worker.settings import get_settings
+    from worker.store.migrate import check_autovacuum
+
+    warning = check_autovacuum(get_settings().database_url)
+    if warning is not None:
+        structlog.get_logger(__name__).warning("autovacuum_off", detail=warning)
+
+
+@signals.worker_ready.connect
 def _metrics_in_main_process(sender: Any = None, **_: Any) -> None:
     """Solo and thread pools run tasks in the main process: serve the metrics from there."""
     pool = getattr(sender, "pool", None)

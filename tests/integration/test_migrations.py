@@ -30,6 +30,24 @@ def test_upgrade_from_empty_matches_metadata_and_downgrades(empty_database: str)
             MigrationContext.configure(conn, opts={"compare_type": True}), metadata
         )
         assert diff == [], f"migrations and worker/store/tables.py disagree: {diff}"
+        # The two tables every operation rewrites are vacuumed at 1% dead rows (0005).
+        options = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT relname, reloptions FROM pg_class"
+                    " WHERE relname IN ('operations', 'accounts')"
+                )
+            ).all()
+        )
+        assert "autovacuum_vacuum_scale_factor=0.01" in options["operations"]
+        assert "autovacuum_vacuum_scale_factor=0.01" in options["accounts"]
+
+    downgrade(empty_database, "0004")
+    with engine.connect() as conn:
+        reset = conn.execute(
+            sa.text("SELECT reloptions FROM pg_class WHERE relname = 'operations'")
+        ).scalar()
+    assert reset is None
 
     downgrade(empty_database)
     with engine.connect() as conn:

@@ -73,3 +73,11 @@ def test_channels_are_named_after_the_redis_database() -> None:
         == "ledgerq.5.operations"
     )
     assert channel("captado", redis.Redis.from_url("redis://127.0.0.1:1")) == "ledgerq.0.captado"
+
+
+def test_autovacuum_off_is_warned_about_and_on_is_not() -> None:
+    from worker.store.migrate import AUTOVACUUM_OFF, autovacuum_warning
+
+    assert autovacuum_warning("off") == AUTOVACUUM_OFF
+    assert autovacuum_warning(" OFF\n") == AUTOVACUUM_OFF
+    assert autovacuum_warning("on") is None

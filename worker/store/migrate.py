@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 from worker.settings import normalize_database_url
 
@@ -48,3 +48,28 @@ def head_revision() -> str:
     if head is None:
         raise RuntimeError(f"no migration revisions in {MIGRATIONS_DIR}")
     return head
+
+
+AUTOVACUUM_OFF = (
+    "autovacuum is off on this PostgreSQL server: every applied operation leaves a dead row version"
+    " in operations and accounts, and without vacuum the pending-operations index grows with them"
+    " (balance reads of busy accounts and the apply loop slow down). Turn it on, or VACUUM these"
+    " tables on a schedule."
+)
+
+
+def autovacuum_warning(setting: str) -> str | None:
+    """The operator's warning for the server's `autovacuum` setting, or None when it is on."""
+    return AUTOVACUUM_OFF if setting.strip().lower() in ("off", "false", "0") else None
+
+
+def check_autovacuum(database_url: str) -> str | None:
+    """Ask the server; None when autovacuum is on (or the question could not be asked)."""
+    engine = create_engine(normalize_database_url(database_url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            return autovacuum_warning(str(connection.execute(text("SHOW autovacuum")).scalar()))
+    except Exception:
+        return None
+    finally:
+        engine.dispose()
