@@ -28,6 +28,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.middleware.base import DefineMiddleware
+from litestar.types import Scope
 
 from api.errors import ApiError
 from api.state import Services, services_of
@@ -417,12 +418,23 @@ async def authenticate_api_key(services: Services, value: str) -> Principal:
 # ---------------------------------------------------------------- the middleware
 
 
+def credential_headers(scope: Scope) -> tuple[str | None, str | None]:
+    """`Authorization` and `X-API-Key`, straight from the ASGI scope (building Litestar's Headers
+    object for two lookups was 3% of a balance read). A repeated header: the first one counts."""
+    authorization = api_key = None
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization" and authorization is None:
+            authorization = value.decode("latin-1")
+        elif name == b"x-api-key" and api_key is None:
+            api_key = value.decode("latin-1")
+    return authorization, api_key
+
+
 class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        authorization = connection.headers.get("authorization")
-        api_key = connection.headers.get("x-api-key")
+        authorization, api_key = credential_headers(connection.scope)
         services = services_of(connection.app)
         if authorization is not None and api_key is not None:
             raise unauthenticated("Use one authentication method per request, not two.")

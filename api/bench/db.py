@@ -15,6 +15,7 @@ from domain.idempotency import request_fingerprint
 from worker.routing import partition_for
 from worker.settings import normalize_database_url
 from worker.store.db import make_engine
+from worker.store.migrate import autovacuum_warning
 from worker.store.queries import new_id
 from worker.store.tables import accounts, operations, users
 
@@ -70,6 +71,23 @@ def has_schema(engine: Engine) -> bool:
     """Whether the database holds ledgerq's tables (a wrong --database-url is the usual mistake)."""
     with engine.connect() as conn:
         return conn.execute(sa.select(sa.func.to_regclass("operations"))).scalar_one() is not None
+
+
+# What autovacuum would keep tidy: the tables every operation writes.
+VACUUMED_TABLES = ("operations", "accounts", "entries")
+
+
+def vacuum_without_autovacuum(engine: Engine) -> bool:
+    """When the target's server runs with autovacuum off, VACUUM (ANALYZE) the ledger's tables,
+    as autovacuum would have: otherwise each run measures the dead rows and stale statistics the
+    previous runs left (a balance read cost PostgreSQL 2.3 times as much after a drain run).
+    True when it vacuumed."""
+    with engine.connect() as conn:
+        if autovacuum_warning(str(conn.execute(sa.text("SHOW autovacuum")).scalar())) is None:
+            return False
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f"VACUUM (ANALYZE) {', '.join(VACUUMED_TABLES)}"))
+    return True
 
 
 def db_clock(engine: Engine) -> float:
