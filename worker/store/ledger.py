@@ -161,7 +161,10 @@ def lock_accounts(conn: Connection, account_ids: Iterable[UUID]) -> dict[UUID, A
 
 # The batch's writes in one statement (one round trip): balances, entries, positions and
 # statuses. Each part reads only its own arrays, and no part reads another's table, so the
-# single snapshot the parts share changes nothing. Empty arrays write nothing.
+# single snapshot the parts share changes nothing. Empty arrays write nothing. Operations are
+# matched by primary key alone: pending_batch locked them in this transaction while pending,
+# and a status condition here let the planner scan every pending row instead (when the
+# statistics said few were pending).
 _WRITE_OUTCOMES = Compiled(
     sa.text(
         """
@@ -200,7 +203,7 @@ _WRITE_OUTCOMES = Compiled(
             CAST(:error_codes AS text[]), CAST(:error_messages AS text[]),
             CAST(:amounts AS bigint[]), CAST(:quantities AS bigint[]), CAST(:prices AS bigint[])
         ) AS v(id, status, error_code, error_message, amount, quantity, price)
-        WHERE o.id = v.id AND o.status = 'pending'
+        WHERE o.id = v.id
         """
     )
 )

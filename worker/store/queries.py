@@ -19,14 +19,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from worker.store.db import UNIQUE_VIOLATION, sqlstate
 from worker.store.fast import Compiled, FastStore
-from worker.store.tables import accounts, assets, entries, operations, users
+from worker.store.tables import (
+    DEBIT_TYPES_SQL,
+    accounts,
+    assets,
+    entries,
+    operations,
+    users,
+)
 
 # A result row; columns are read by name (row.balance), so the tuple shape stays open.
 Record = sa.Row[*tuple[Any, ...]]
-
-# Operations that take money out of account_id (allocations debit cash too).
-DEBIT_TYPES = ("withdrawal", "transfer", "allocation")
-DEBIT_TYPES_SQL = "(" + ", ".join(f"'{t}'" for t in DEBIT_TYPES) + ")"
 
 
 def new_id() -> UUID:
