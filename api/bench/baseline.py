@@ -38,8 +38,8 @@ ATTEMPTS = 8
 
 _CLAIM = sa.text(
     """
-    SELECT id, type, account_id, to_account_id, amount, currency, partition, category
-    FROM operations WHERE id = :id AND status = 'pending'
+    SELECT id, type, account_id, to_account_id, amount, currency, partition, category, status
+    FROM operations WHERE id = :id
     FOR NO KEY UPDATE SKIP LOCKED
     """
 )
@@ -86,8 +86,9 @@ class Progress:
 
 def apply_one(conn: Connection, operation_id: UUID) -> str:
     """One operation in the caller's transaction: 'succeeded', a failure code, or 'taken'."""
+    # By primary key alone (a status condition let the planner walk the pending index).
     row = conn.execute(_CLAIM, {"id": operation_id}).one_or_none()
-    if row is None:
+    if row is None or row.status != "pending":
         return "taken"  # a worker holds it or already applied it
     op = Operation(
         id=row.id,

@@ -364,17 +364,24 @@ async def operations_for_principal(
 async def cancel_operation(
     conn: AsyncConnection, operation_id: UUID, principal_id: UUID
 ) -> Record | None:
-    """Cancel only while pending. If the worker holds the row, this waits for its commit and
-    then finds the operation no longer pending."""
+    """Cancel only while pending. If the worker holds the row, the lock waits for its commit and
+    then reads the operation no longer pending. The row is found by primary key alone: with a
+    status condition the planner could walk the whole pending index instead (statistics taken
+    while nothing was pending estimate one pending row)."""
+    locked = (
+        await conn.execute(
+            sa.select(operations.c.status)
+            .where(operations.c.id == operation_id, operations.c.principal_id == principal_id)
+            .with_for_update(key_share=True)
+        )
+    ).one_or_none()
+    if locked is None or locked.status != "pending":
+        return None
     return (
         await conn.execute(
             operations.update()
-            .where(
-                operations.c.id == operation_id,
-                operations.c.principal_id == principal_id,
-                operations.c.status == "pending",
-            )
+            .where(operations.c.id == operation_id)
             .values(status="cancelled", updated_at=sa.func.clock_timestamp())
             .returning(*_operation_columns)
         )
-    ).one_or_none()
+    ).one()
