@@ -63,6 +63,8 @@ class RequestEdge:
     def __init__(self, app: ASGIApp, record: Callable[[str, str, int, float], None]) -> None:
         self.app = app
         self.record = record
+        # Logging is configured before the app is built; the level does not change at run time.
+        self.access_log = log.bind().is_enabled_for(logging.DEBUG)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -97,7 +99,7 @@ class RequestEdge:
             method = str(scope.get("method", "GET"))
             if scope["path"] != "/metrics":
                 self.record(method, str(scope.get("path_template", "")), status, duration)
-            if log.bind().is_enabled_for(logging.DEBUG):
+            if self.access_log:
                 log.debug(
                     "request",
                     method=method,

@@ -15,7 +15,7 @@ from domain.idempotency import request_fingerprint
 from worker.routing import partition_for
 from worker.settings import normalize_database_url
 from worker.store.db import make_engine
-from worker.store.migrate import autovacuum_warning
+from worker.store.migrate import autovacuum_setting, autovacuum_warning
 from worker.store.queries import new_id
 from worker.store.tables import accounts, operations, users
 
@@ -83,7 +83,7 @@ def vacuum_without_autovacuum(engine: Engine) -> bool:
     previous runs left (a balance read cost PostgreSQL 2.3 times as much after a drain run).
     True when it vacuumed."""
     with engine.connect() as conn:
-        if autovacuum_warning(str(conn.execute(sa.text("SHOW autovacuum")).scalar())) is None:
+        if autovacuum_warning(autovacuum_setting(conn)) is None:
             return False
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text(f"VACUUM (ANALYZE) {', '.join(VACUUMED_TABLES)}"))

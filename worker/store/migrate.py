@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import Connection, create_engine, pool, text
 
 from worker.settings import normalize_database_url
 
@@ -63,12 +63,16 @@ def autovacuum_warning(setting: str) -> str | None:
     return AUTOVACUUM_OFF if setting.strip().lower() in ("off", "false", "0") else None
 
 
+def autovacuum_setting(connection: Connection) -> str:
+    return str(connection.execute(text("SHOW autovacuum")).scalar())
+
+
 def check_autovacuum(database_url: str) -> str | None:
     """Ask the server; None when autovacuum is on (or the question could not be asked)."""
     engine = create_engine(normalize_database_url(database_url), poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:
-            return autovacuum_warning(str(connection.execute(text("SHOW autovacuum")).scalar()))
+            return autovacuum_warning(autovacuum_setting(connection))
     except Exception:
         return None
     finally:
