@@ -119,6 +119,17 @@ def partitions_label(partitions: Sequence[int]) -> str:
 
 
 def api_command(settings: Settings) -> list[str]:
+    """The API server's command line: LEDGERQ_API_SERVER picks uvicorn or granian."""
+    if settings.api_server == "granian":
+        return granian_command(settings)
+    return uvicorn_command(settings)
+
+
+def uvicorn_command(settings: Settings) -> list[str]:
+    # uvicorn's defaults that matter: X-Forwarded-For/-Proto trusted from FORWARDED_ALLOW_IPS
+    # (127.0.0.1 and ::1 when unset); on SIGTERM it stops accepting, lets running requests end
+    # (no time limit), then runs the app's lifespan shutdown; with --workers > 1 its parent
+    # process replaces a worker that dies.
     return [
         sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
         "--host", settings.api_host,
@@ -127,6 +138,51 @@ def api_command(settings: Settings) -> list[str]:
         "--loop", "uvloop",
         "--http", "httptools",
         "--no-access-log",
+    ]  # fmt: skip
+
+
+# granian's own loggers write through ledgerq's handler (worker/logging_setup.py granian_handler).
+GRANIAN_LOG_CONFIG = Path(__file__).with_name("granian_logging.json")
+GRANIAN_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# A worker still busy this long after SIGTERM beyond the longest `Prefer: wait` is killed.
+GRANIAN_KILL_MARGIN = 10
+
+
+def granian_command(settings: Settings) -> list[str]:
+    """granian, set up to behave as uvicorn does above.
+
+    - Proxy headers: granian has no such option; it serves api.granian_app:create_app, the app
+      behind uvicorn's own proxy-header middleware with uvicorn's trusted addresses
+      (FORWARDED_ALLOW_IPS, else 127.0.0.1 and ::1). See there for why not granian's wrapper.
+    - Graceful shutdown: on SIGTERM granian's parent process passes it on to each worker, which
+      stops accepting, closes idle connections, lets running requests end and then runs the app's
+      lifespan shutdown, as uvicorn does (a SIGTERM that comes while a worker is still starting is
+      held until it can be obeyed, see api/granian_app.py). uvicorn sets no time limit; granian's
+      parent kills a worker still running --workers-kill-timeout seconds later: LEDGERQ_MAX_WAIT
+      (the longest `Prefer: wait` poll) plus GRANIAN_KILL_MARGIN, so no request uvicorn would
+      finish is cut, yet an event stream cannot hold the process forever.
+    - Workers: granian always runs a parent process and LEDGERQ_API_WORKERS worker processes
+      (uvicorn runs one process when it is 1); a worker that dies is replaced, as under uvicorn
+      with --workers > 1 (one that dies again within seconds stops the server).
+    - HTTP/1.1 only (as httptools), the same listen backlog as uvicorn (2048; granian also lets
+      each worker hold at most backlog/workers connections at once), uvloop, no access log
+      (requests log themselves, api/logging.py), granian's own lines in ledgerq's log format.
+    """
+    level = settings.log_level.lower()
+    return [
+        sys.executable, "-m", "granian", "api.granian_app:create_app", "--factory",
+        "--interface", "asgi",
+        "--host", settings.api_host,
+        "--port", str(settings.api_port),
+        "--workers", str(settings.api_workers),
+        "--respawn-failed-workers",
+        "--workers-kill-timeout", str(settings.max_wait + GRANIAN_KILL_MARGIN),
+        "--loop", "uvloop",
+        "--http", "1",
+        "--backlog", "2048",
+        "--no-access-log",
+        "--log-level", level if level in GRANIAN_LOG_LEVELS else "info",
+        "--log-config", str(GRANIAN_LOG_CONFIG),
     ]  # fmt: skip
 
 
@@ -151,7 +207,10 @@ def worker_command(
         "--without-gossip",
         "--without-mingle",
         "--loglevel", settings.log_level,
-        "-E",
+        # No -E: task events cost the worker's main process CPU for every task, and usually no
+        # monitor listens. A monitor turns them on with the enable_events control command (Flower
+        # does, see flower_command). That needs remote control (on) and the event dispatcher,
+        # which without -E and gossip exists only for heartbeats: no --without-heartbeat.
     ]  # fmt: skip
     if pool is not None:
         argv += ["--pool", pool]
@@ -159,13 +218,19 @@ def worker_command(
 
 
 def flower_command(settings: Settings) -> list[str]:
-    # Flower follows the workers through task events (workers run with -E) and asks them with
-    # `celery inspect`; it needs only the broker.
+    # Flower follows the workers through task events and asks them with `celery inspect`; it
+    # needs only the broker. Workers send no task events until a monitor asks (no -E, see
+    # worker_command): --enable_events (Flower's default, explicit because we depend on it) makes
+    # Flower broadcast the enable_events control command every 5 seconds from its start, so workers
+    # started before or after it report their tasks. A worker keeps sending them after Flower
+    # stops, until it restarts or is told `celery control disable_events`. On the command line,
+    # this also overrides FLOWER_ENABLE_EVENTS and a flowerconfig.py.
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "flower",
         f"--address={settings.flower_host}",
         f"--port={settings.flower_port}",
         "--logging=" + settings.log_level.lower(),
+        "--enable_events=True",
     ]  # fmt: skip
 
 
@@ -328,13 +393,15 @@ class _Child:
             _say(self.name, raw.decode(errors="replace").rstrip("\r\n"))
 
     def signal_group(self, signum: int) -> None:
-        # The child leads its own process group; the group includes uvicorn/celery subprocesses.
+        # The child leads its own process group; the group includes uvicorn/granian/celery
+        # subprocesses.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signum)
 
     def stop(self, timeout: float) -> None:
         if self.proc.poll() is None:
-            # SIGTERM to the leader only: uvicorn and celery shut their own subprocesses down.
+            # SIGTERM to the leader only: uvicorn, granian and celery shut their own subprocesses
+            # down.
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
             try:
@@ -561,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mig.set_defaults(handler=cmd_migrate)
 
-    api = sub.add_parser("api", help="serve the HTTP API (uvicorn)")
+    api = sub.add_parser("api", help="serve the HTTP API (uvicorn or granian: LEDGERQ_API_SERVER)")
     api.set_defaults(handler=cmd_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker for some or all partitions")

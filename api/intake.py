@@ -1,4 +1,4 @@
-"""Operation intake: validate submitted operations, store them in one transaction, ring their partitions.
+"""Operation intake: validate submitted operations, store them with the next group commit.
 
 Single submits and batch submits share this path; a single submit is a batch of one whose error
 is raised instead of reported per item.
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
-import anyio.to_thread
+import psycopg
 import structlog
 
 from api.errors import ApiError, from_domain_error
@@ -21,10 +21,9 @@ from domain.idempotency import request_fingerprint
 from domain.model import CUSTOMER_KINDS
 from domain.money import parse_amount
 from domain.returns import parse_scaled
-from worker.doorbell import claim_bell
 from worker.routing import partition_for
 from worker.store import queries
-from worker.store.queries import NewOperation, Record
+from worker.store.queries import NewOperation, OperationKey, Record
 
 log = structlog.get_logger(__name__)
 
@@ -161,7 +160,10 @@ def key_reused(row: Record) -> ApiError:
 async def submit(
     services: Services, principal_id: UUID, submissions: Sequence[Submission]
 ) -> list[Outcome]:
-    """Validate each submission, store the valid ones in one transaction, then ring their partitions."""
+    """Validate each submission, store the valid ones with their process's next group commit.
+
+    The partitions are rung after the commit, off the request path (api/ringer.py).
+    """
     settings = services.settings
     referenced: set[UUID] = set()
     for s in submissions:
@@ -170,8 +172,6 @@ async def submit(
             referenced.add(s.request.to_account_id)
 
     outcomes: list[Outcome | NewOperation] = []
-    # A single submit is one INSERT in autocommit (no BEGIN/COMMIT round trips); a batch is one
-    # transaction. Either way the operation is durable before the answer says so.
     accounts = await services.accounts.lookup(services.fast, referenced)
     asset_ids = {s.request.asset_id for s in submissions if s.request.asset_id is not None}
     asset_currencies = await queries.asset_currencies(services.fast, asset_ids) if asset_ids else {}
@@ -185,41 +185,28 @@ async def submit(
                 headers={"Retry-After": "1"},
             )
         outcomes.append(prepared)
-    news: dict[str, NewOperation] = {}
-    for o in outcomes:
-        # Within one batch the first use of a key wins; later uses are replays or conflicts.
-        if isinstance(o, NewOperation):
-            news.setdefault(o.idempotency_key, o)
-    stored = await queries.insert_operations(services.fast, principal_id, list(news.values()))
-
-    results: list[Outcome] = []
-    claimed: set[str] = set()
-    rang: set[int] = set()
-    for o in outcomes:
-        if not isinstance(o, NewOperation):
-            results.append(o)
-            continue
-        row, created = stored[o.idempotency_key]
-        first_use = created and o.idempotency_key not in claimed
-        claimed.add(o.idempotency_key)
-        if row.fingerprint != o.fingerprint:
-            results.append(key_reused(row))
-        else:
-            results.append(Accepted(row, first_use))
-            if first_use:
-                rang.add(row.partition)
-    # Only after the commit: a worker must never be told about an operation it cannot see.
-    for partition in sorted(rang):
-        await ring_partition(services, partition)
-    return results
-
-
-async def ring_partition(services: Services, partition: int) -> None:
-    """Tell the partition's worker there is work. Best effort: the sweeper covers a lost ring."""
-    from worker.tasks import ring
-
+    news = [o for o in outcomes if isinstance(o, NewOperation)]
+    if not news:
+        return [o for o in outcomes if not isinstance(o, NewOperation)]
     try:
-        if await claim_bell(services.redis, partition):
-            await anyio.to_thread.run_sync(ring, partition)
-    except Exception as exc:
-        log.warning("ring_failed", partition=partition, error=str(exc))
+        stored = await services.committer.store(news)
+    except psycopg.Error as exc:
+        # The whole group was rolled back: nothing of this request was stored.
+        raise ApiError(
+            503,
+            "database_unavailable",
+            "The operation could not be stored; nothing was written. Retry with the same Idempotency-Key.",
+            headers={"Retry-After": "1"},
+        ) from exc
+    return [judge(o, stored) if isinstance(o, NewOperation) else o for o in outcomes]
+
+
+def judge(new: NewOperation, stored: dict[OperationKey, Record]) -> Outcome:
+    """What a submission learns from its group: created (the stored row is its own), replayed
+    (another submission stored the same request under this key), or a key reused for another body."""
+    row = stored[(new.principal_id, new.idempotency_key)]
+    if row.id == new.id:
+        return Accepted(row, created=True)
+    if row.fingerprint != new.fingerprint:
+        return key_reused(row)
+    return Accepted(row, created=False)

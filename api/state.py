@@ -18,10 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.backlog import BacklogMonitor
 from api.directory import AccountDirectory
+from api.groupcommit import GroupCommitter
 from api.ratelimit import LoginThrottle, login_throttle
+from api.ringer import Ringer
 from api.waiters import CompletionWaiters
 from worker.events import CAPTADO_CHANNEL, OPERATIONS_CHANNEL, channel
 from worker.settings import Settings
+from worker.store import queries
 from worker.store.db import make_async_engine
 from worker.store.fast import FastStore
 
@@ -43,6 +46,9 @@ class Services:
     credentials: CredentialCache
     login_throttle: LoginThrottle
     backlog: BacklogMonitor
+    # Concurrent submits share one INSERT and one commit; their partitions are rung after it.
+    ringer: Ringer
+    committer: GroupCommitter
     waiters: CompletionWaiters = field(default_factory=CompletionWaiters)
     accounts: AccountDirectory = field(default_factory=AccountDirectory)
 
@@ -91,6 +97,10 @@ def lifespan_for(
         )
         fast = FastStore(settings.database_url, size=settings.db_pool_size)
         await fast.open()
+        # Imported here: the Celery app reads LEDGERQ_* when it is first imported.
+        from worker.tasks import ring_many
+
+        ringer = Ringer(redis_client, ring_many, settings.ring_tick)
         services = Services(
             settings=settings,
             engine=engine,
@@ -100,6 +110,10 @@ def lifespan_for(
             credentials=credentials,
             login_throttle=login_throttle(redis_client, settings),
             backlog=BacklogMonitor(settings.max_backlog),
+            ringer=ringer,
+            committer=GroupCommitter(
+                lambda news: queries.insert_operations(fast, news), ringer.mark
+            ),
         )
         app.state.services = services
         channels = app.plugins.get(ChannelsPlugin)
@@ -110,10 +124,12 @@ def lifespan_for(
                 )
             ),
             asyncio.create_task(services.backlog.run(engine)),
+            asyncio.create_task(ringer.run()),
         ]
         try:
             yield
         finally:
+            ringer.stop()
             for task in tasks:
                 task.cancel()
             for task in tasks:

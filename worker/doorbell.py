@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import redis
 import redis.asyncio
 
@@ -14,13 +16,25 @@ def bell_key(partition: int) -> str:
     return f"ledgerq:bell:{partition}"
 
 
-async def claim_bell(client: redis.asyncio.Redis, partition: int) -> bool:
-    """True when the caller must send the drain message: no other message is queued for the partition.
-
-    The API calls this after its INSERT committed. If the flag is already set, a drain message is
-    queued and its worker clears the flag before reading, so it will see this operation.
+async def claim_bells(client: redis.asyncio.Redis, partitions: Sequence[int]) -> list[int]:
+    """The partitions whose drain message the caller must send (one Redis round trip for all):
+    those with no message queued. A flag already set means a queued or running drain holds it,
+    and its worker clears the flag before its last read, so it will see what was just stored.
+    Call only after the new operations committed.
     """
-    return bool(await client.set(bell_key(partition), "1", nx=True, ex=BELL_TTL_SECONDS))
+    if not partitions:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for p in partitions:
+            pipe.set(bell_key(p), "1", nx=True, ex=BELL_TTL_SECONDS)
+        claimed = await pipe.execute()
+    return [p for p, ok in zip(partitions, claimed, strict=True) if ok]
+
+
+async def release_bells(client: redis.asyncio.Redis, partitions: Sequence[int]) -> None:
+    """Give back bells whose message could not be sent, so the next submit rings again."""
+    if partitions:
+        await client.delete(*(bell_key(p) for p in partitions))
 
 
 def clear_bell(client: redis.Redis, partition: int) -> None:

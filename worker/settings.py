@@ -12,6 +12,10 @@ class SettingsError(RuntimeError):
     """A LEDGERQ_* variable is missing or malformed; the message names it."""
 
 
+# The servers `ledgerq api` can run (api/cli.py api_command); LEDGERQ_API_SERVER's default is one.
+API_SERVERS = ("uvicorn", "granian")
+
+
 @dataclass(frozen=True)
 class Var:
     """One documented variable: its name, default and meaning (the README table is built from these)."""
@@ -54,6 +58,11 @@ VARIABLES: tuple[Var, ...] = (
     Var("LEDGERQ_API_HOST", "127.0.0.1", "Address the API listens on."),
     Var("LEDGERQ_API_PORT", "8000", "Port the API listens on."),
     Var("LEDGERQ_API_WORKERS", "1", "API processes started by `ledgerq api`."),
+    Var(
+        "LEDGERQ_API_SERVER",
+        "uvicorn",
+        "HTTP server `ledgerq api` runs the API under: `uvicorn` or `granian`.",
+    ),
     Var("LEDGERQ_FLOWER_HOST", "127.0.0.1", "Address Flower (`ledgerq flower`) listens on."),
     Var("LEDGERQ_FLOWER_PORT", "5555", "Port Flower (`ledgerq flower`) listens on."),
     Var(
@@ -79,6 +88,12 @@ VARIABLES: tuple[Var, ...] = (
         "LEDGERQ_SWEEP_AGE",
         "3",
         "Pending operations older than this many seconds get their partition re-rung.",
+    ),
+    Var(
+        "LEDGERQ_RING_TICK_MS",
+        "1",
+        "Milliseconds an API process gathers newly stored operations before it rings their "
+        "partitions' workers (at most one drain message per partition per tick).",
     ),
     Var("LEDGERQ_MAX_WAIT", "30", "Largest `Prefer: wait=N` honoured, in seconds."),
     Var(
@@ -196,6 +211,7 @@ class Settings:
     api_host: str
     api_port: int
     api_workers: int
+    api_server: str
     flower_host: str
     flower_port: int
     worker_metrics_host: str
@@ -204,6 +220,7 @@ class Settings:
     max_backlog: int
     sweep_interval: float
     sweep_age: float
+    ring_tick: float
     max_wait: int
     db_pool_size: int
     secret_key: str | None
@@ -237,6 +254,11 @@ class Settings:
         log_format = get("LEDGERQ_LOG_FORMAT")
         if log_format not in ("console", "json"):
             raise SettingsError(f"LEDGERQ_LOG_FORMAT must be console or json, got {log_format!r}")
+        api_server = get("LEDGERQ_API_SERVER")
+        if api_server not in API_SERVERS:
+            raise SettingsError(
+                f"LEDGERQ_API_SERVER must be {' or '.join(API_SERVERS)}, got {api_server!r}"
+            )
         return cls(
             database_url=normalize_database_url(get("LEDGERQ_DATABASE_URL")),
             redis_url=redis_url,
@@ -246,6 +268,7 @@ class Settings:
             api_host=get("LEDGERQ_API_HOST"),
             api_port=number("LEDGERQ_API_PORT", 1, 65535),
             api_workers=number("LEDGERQ_API_WORKERS", 1, 64),
+            api_server=api_server,
             flower_host=get("LEDGERQ_FLOWER_HOST"),
             flower_port=number("LEDGERQ_FLOWER_PORT", 1, 65535),
             worker_metrics_host=get("LEDGERQ_WORKER_METRICS_HOST"),
@@ -254,6 +277,7 @@ class Settings:
             max_backlog=number("LEDGERQ_MAX_BACKLOG", 0, 1_000_000_000),
             sweep_interval=float(number("LEDGERQ_SWEEP_INTERVAL", 1, 3600)),
             sweep_age=float(number("LEDGERQ_SWEEP_AGE", 1, 3600)),
+            ring_tick=number("LEDGERQ_RING_TICK_MS", 0, 1000) / 1000,
             max_wait=number("LEDGERQ_MAX_WAIT", 0, 300),
             db_pool_size=number("LEDGERQ_DB_POOL_SIZE", 1, 500),
             secret_key=_secret(env, "LEDGERQ_SECRET_KEY"),

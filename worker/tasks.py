@@ -71,6 +71,13 @@ def ring(partition: int) -> None:
     app.send_task(DRAIN_TASK, args=[partition])
 
 
+def ring_many(partitions: Sequence[int]) -> None:
+    """Queue a drain message for each partition, over one broker connection."""
+    with app.producer_or_acquire() as producer:
+        for partition in partitions:
+            app.send_task(DRAIN_TASK, args=[partition], producer=producer)
+
+
 @app.task(
     name=DRAIN_TASK,
     autoretry_for=(OperationalError,),

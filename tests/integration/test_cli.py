@@ -128,7 +128,9 @@ def test_worker_consumes_control_and_its_partitions_one_at_a_time() -> None:
     assert argv[argv.index("--prefetch-multiplier") + 1] == "1"
     assert argv[argv.index("-n") + 1] == "ledgerq-p0-3_6-4242@%h"
     assert argv[argv.index("--loglevel") + 1] == "DEBUG"
-    assert {"--without-gossip", "--without-mingle", "-E"} <= set(argv)
+    assert {"--without-gossip", "--without-mingle"} <= set(argv)
+    # No task events unless a monitor asks for them (Flower does, with enable_events).
+    assert "-E" not in argv
 
 
 def test_api_and_beat_command_lines(tmp_path: Path) -> None:

@@ -81,6 +81,15 @@ async def _transfers_in_a_ring(api: str) -> None:
         assert [await alice.balance(a) for a in accounts] == ["50.00"] * 4
 
 
+def events_enabled(honcho_output: str) -> set[str]:
+    """Process names (`worker.1`) whose worker logged that a remote command enabled task events."""
+    return {
+        line.split("|", 1)[0].split()[-1]
+        for line in honcho_output.splitlines()
+        if "Events of group {task} enabled by remote" in line and "|" in line
+    }
+
+
 @pytest.mark.timeout(150)
 def test_procfile_runs_the_service_and_stops_cleanly(
     procfile_env: dict[str, str], tmp_path: Path
@@ -130,6 +139,10 @@ def test_procfile_runs_the_service_and_stops_cleanly(
     try:
         wait_until(lambda: answers(f"{api}/health"), 60, output)
         wait_until(lambda: answers(f"{flower}/healthcheck"), 60, output)
+        # Workers send no task events until Flower asks (every 5 s from its start): wait until
+        # both obeyed, or the drains below could run unseen by Flower.
+        both = {"worker.1", "worker.2"}
+        wait_until(lambda: events_enabled(log_path.read_text(errors="replace")) >= both, 60, output)
         # The two workers of the Procfile share the partitions by leases.
         redis_url = env["LEDGERQ_REDIS_URL"]
         wait_until(

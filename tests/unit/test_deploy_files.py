@@ -7,6 +7,7 @@ environment, what may be scaled, and that every command they run is a real `ledg
 from __future__ import annotations
 
 import re
+import runpy
 import shlex
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from api.cli import build_parser, flower_command, worker_command
-from worker.settings import VARIABLES, Settings
+from worker.settings import VARIABLES, Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = {"migrate", "api", "worker", "beat", "flower"}
@@ -129,8 +130,37 @@ def test_flower_watches_the_broker_on_5555(services: dict[str, dict[str, Any]]) 
     argv = flower_command(settings)
     assert argv[1:6] == ["-m", "celery", "-A", "worker.celery_app:app", "flower"]
     assert "--port=5555" in argv and "--address=0.0.0.0" in argv
-    # Flower sees tasks through events: workers send them (-E, and worker_send_task_events).
-    assert "-E" in worker_command(settings, None, pid=1)
+    # Flower sees tasks through events, which workers send only when asked: Flower asks (its
+    # enable_events option broadcasts the enable_events control command), workers run without -E.
+    assert "--enable_events=True" in argv
+    worker = worker_command(settings, None, pid=1)
+    assert "-E" not in worker and "--task-events" not in worker
+    # enable_events needs the worker's event dispatcher: without -E and gossip, heartbeats keep it.
+    assert "--without-heartbeat" not in worker
+
+
+def test_flower_knows_its_enable_events_option() -> None:
+    # Flower silently drops command-line options it does not know: a renamed option would leave
+    # the workers' task events off and Flower showing no task.
+    from flower.command import is_flower_option
+    from flower.options import default_options
+
+    assert "enable_events" in default_options
+    assert is_flower_option("--enable_events=True")
+
+
+def test_celery_sends_no_task_events_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGERQ_DATABASE_URL", "postgresql://x@h/d")
+    monkeypatch.setenv("LEDGERQ_REDIS_URL", "redis://h/0")
+    get_settings.cache_clear()
+    try:
+        config = runpy.run_path(str(ROOT / "worker" / "celeryconfig.py"))
+    finally:
+        get_settings.cache_clear()
+    assert config["worker_send_task_events"] is False
+    assert config["task_send_sent_event"] is False
+    # Remote control (Celery's default) carries enable_events from Flower to the workers.
+    assert config.get("worker_enable_remote_control", True) is True
 
 
 def test_auto_workers_start_on_the_control_queue_only() -> None:

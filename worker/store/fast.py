@@ -73,22 +73,3 @@ class FastStore:
         async with self.pool.connection() as conn:
             cursor = await conn.execute(statement.sql, statement.bind(params))
             return await cursor.fetchall()
-
-    async def returning_many(
-        self, statement: Compiled, rows: Sequence[Mapping[str, Any]]
-    ) -> list[Any]:
-        """Execute once per parameter set, all in one transaction (one statement alone needs
-        none), pipelined; the rows every RETURNING produced."""
-        async with self.pool.connection() as conn:
-            if len(rows) == 1:
-                cursor = await conn.execute(statement.sql, statement.bind(rows[0]))
-                return await cursor.fetchall()
-            async with conn.transaction(), conn.cursor() as cursor:
-                await cursor.executemany(
-                    statement.sql, [statement.bind(r) for r in rows], returning=True
-                )
-                results: list[Any] = []
-                while True:
-                    results.extend(await cursor.fetchall())
-                    if not cursor.nextset():
-                        return results

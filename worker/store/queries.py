@@ -7,7 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -219,7 +219,13 @@ class NewOperation:
     description: str | None
     asset_id: UUID | None = None
     quantity: int | None = None
+    # Chosen before the INSERT: the submission whose id the stored row carries is the one that
+    # created it; any other submission with the same key is a replay or a conflict.
+    id: UUID = field(default_factory=new_id)
 
+
+# Idempotency keys are unique per principal.
+OperationKey = tuple[UUID, str]
 
 _NEW_OPERATION_COLUMNS = (
     "id",
@@ -237,58 +243,65 @@ _NEW_OPERATION_COLUMNS = (
     "asset_id",
     "quantity",
 )
-_INSERT_OPERATION = Compiled(
+
+
+def _unnest(names: Sequence[str]) -> Any:
+    """`unnest(CAST(:a AS T[]), ...) AS new(a, ...)`: one array parameter per column, so any
+    number of rows is one statement with one fixed SQL text."""
+    arrays = [sa.cast(sa.bindparam(n), ARRAY(operations.c[n].type)) for n in names]
+    return sa.func.unnest(*arrays).table_valued(*names).render_derived(name="new")
+
+
+_new_rows = _unnest(_NEW_OPERATION_COLUMNS)
+_INSERT_OPERATIONS = Compiled(
     insert(operations)
+    .from_select(
+        list(_NEW_OPERATION_COLUMNS), sa.select(*(_new_rows.c[n] for n in _NEW_OPERATION_COLUMNS))
+    )
     .on_conflict_do_nothing(index_elements=["principal_id", "idempotency_key"])
-    .returning(*_operation_columns, operations.c.idempotency_key),
-    column_keys=_NEW_OPERATION_COLUMNS,
+    .returning(*_operation_columns, operations.c.idempotency_key)
 )
+_wanted_keys = _unnest(("principal_id", "idempotency_key"))
 _OPERATIONS_BY_KEYS = Compiled(
     sa.select(*_operation_columns, operations.c.idempotency_key).where(
-        operations.c.principal_id == sa.bindparam("principal_id"),
-        operations.c.idempotency_key == sa.func.any(sa.bindparam("keys", type_=ARRAY(sa.Text))),
+        sa.tuple_(operations.c.principal_id, operations.c.idempotency_key).in_(
+            sa.select(_wanted_keys.c.principal_id, _wanted_keys.c.idempotency_key)
+        )
     )
 )
 
 
 async def insert_operations(
-    db: FastStore, principal_id: UUID, news: Sequence[NewOperation]
-) -> dict[str, tuple[Record, bool]]:
-    """Store every operation whose key is new for the principal, in one pipeline.
+    db: FastStore, news: Sequence[NewOperation]
+) -> dict[OperationKey, Record]:
+    """Store every operation whose key is new for its principal: one multi-row INSERT, one
+    transaction (a single statement in autocommit), however many principals and rows.
 
-    Returns, per idempotency key, the stored row and whether this call created it. Identical
-    requests racing: the unique index makes the later INSERT wait for the earlier to commit and
-    then skip the row; the follow-up SELECT reads the winner's row.
+    Returns the stored row per (principal, key): a row whose id is the NewOperation's own was
+    created by this call. The first NewOperation of a key wins; later ones with the same key are
+    left for the caller to judge (replay or conflict). A key stored earlier, or by a concurrent
+    transaction (the unique index makes this INSERT wait for it to commit, then skip the row), is
+    read back by a second statement.
     """
-    if not news:
+    first: dict[OperationKey, NewOperation] = {}
+    for new in news:
+        first.setdefault((new.principal_id, new.idempotency_key), new)
+    if not first:
         return {}
-    params = [
-        {
-            "id": new_id(),
-            "partition": new.partition,
-            "principal_id": new.principal_id,
-            "idempotency_key": new.idempotency_key,
-            "fingerprint": new.fingerprint,
-            "type": new.type,
-            "account_id": new.account_id,
-            "to_account_id": new.to_account_id,
-            "amount": new.amount,
-            "currency": new.currency,
-            "category": new.category,
-            "description": new.description,
-            "asset_id": new.asset_id,
-            "quantity": new.quantity,
-        }
-        for new in news
-    ]
-    created = await db.returning_many(_INSERT_OPERATION, params)
-    stored: dict[str, tuple[Record, bool]] = {r.idempotency_key: (r, True) for r in created}
-    missing = [n.idempotency_key for n in news if n.idempotency_key not in stored]
+    rows = list(first.values())
+    params = {name: [getattr(new, name) for new in rows] for name in _NEW_OPERATION_COLUMNS}
+    created = await db.all(_INSERT_OPERATIONS, params)
+    stored: dict[OperationKey, Record] = {(r.principal_id, r.idempotency_key): r for r in created}
+    missing = [key for key in first if key not in stored]
     if missing:
         existing = await db.all(
-            _OPERATIONS_BY_KEYS, {"principal_id": principal_id, "keys": missing}
+            _OPERATIONS_BY_KEYS,
+            {
+                "principal_id": [principal for principal, _ in missing],
+                "idempotency_key": [key for _, key in missing],
+            },
         )
-        stored.update({r.idempotency_key: (r, False) for r in existing})
+        stored.update({(r.principal_id, r.idempotency_key): r for r in existing})
     return stored
 
 
