@@ -162,8 +162,11 @@ def granian_command(settings: Settings) -> list[str]:
       (the longest `Prefer: wait` poll) plus GRANIAN_KILL_MARGIN, so no request uvicorn would
       finish is cut, yet an event stream cannot hold the process forever.
     - Workers: granian always runs a parent process and LEDGERQ_API_WORKERS worker processes
-      (uvicorn runs one process when it is 1); a worker that dies is replaced, as under uvicorn
-      with --workers > 1 (one that dies again within seconds stops the server).
+      (uvicorn runs one process when it is 1). A worker that dies stops the server (exit status
+      1, the other workers shut down gracefully) for the process supervisor to restart; uvicorn
+      with --workers > 1 would replace it. Not --respawn-failed-workers: granian's guard against
+      a crash loop misses workers that fail in turn, so an API that cannot start (a bad setting)
+      was respawned for minutes instead of exiting.
     - HTTP/1.1 only (as httptools), the same listen backlog as uvicorn (2048; granian also lets
       each worker hold at most backlog/workers connections at once), uvloop, no access log
       (requests log themselves, api/logging.py), granian's own lines in ledgerq's log format.
@@ -175,7 +178,6 @@ def granian_command(settings: Settings) -> list[str]:
         "--host", settings.api_host,
         "--port", str(settings.api_port),
         "--workers", str(settings.api_workers),
-        "--respawn-failed-workers",
         "--workers-kill-timeout", str(settings.max_wait + GRANIAN_KILL_MARGIN),
         "--loop", "uvloop",
         "--http", "1",
@@ -294,7 +296,12 @@ def cmd_import_prices(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    _exec(api_command(_settings()))
+    settings = _settings()
+    if settings.api_server == "granian":
+        # granian binds with SO_REUSEPORT: started on a port another granian serves, it would not
+        # fail as uvicorn does but quietly take a share of that one's connections.
+        _check_port_free(settings.api_host, settings.api_port)
+    _exec(api_command(settings))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -1,14 +1,15 @@
 """Logging for every ledgerq process (API, worker, beat): structlog, JSON lines or readable console.
 
 structlog's own lines are rendered directly (fast path); lines from the standard library's loggers
-(uvicorn, Celery, SQLAlchemy, kombu) go through the same processors and renderer, so a process
-writes one format only. Context bound with `structlog.contextvars` (the request id, an operation
-id) is merged into every structlog line of that context.
+(uvicorn, granian, Celery, SQLAlchemy, kombu) go through the same processors and renderer, so a
+process writes one format only. Context bound with `structlog.contextvars` (the request id, an
+operation id) is merged into every structlog line of that context.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TextIO
 
@@ -28,10 +29,7 @@ def _renderer(log_format: str, stream: TextIO) -> Processor:
     )
 
 
-def configure_logging(log_format: str, log_level: str, stream: TextIO | None = None) -> None:
-    """Configure structlog and the root logger of this process (idempotent: safe to call twice)."""
-    stream = stream or sys.stderr
-    level = logging.getLevelNamesMapping().get(log_level.upper(), logging.INFO)
+def _shared_processors(log_format: str) -> list[Processor]:
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -40,21 +38,44 @@ def configure_logging(log_format: str, log_level: str, stream: TextIO | None = N
     if log_format == "json":
         # The console renderer prints tracebacks itself (prettier); JSON needs them as a string.
         shared.append(structlog.processors.format_exc_info)
-    renderer = _renderer(log_format, stream)
+    return shared
+
+
+def _stdlib_handler(log_format: str, stream: TextIO) -> logging.Handler:
+    """Renders the standard library's records like structlog's own lines."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors(log_format)],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _renderer(log_format, stream),
+            ],
+        )
+    )
+    return handler
+
+
+def granian_handler() -> logging.Handler:
+    """The handler of granian's own loggers until the app configures logging (named by
+    api/granian_logging.json, granian's --log-config): granian's supervisor process never builds
+    the app, so its lines ("Listening at", a worker that died) would otherwise be granian's plain
+    lines on stdout. Reads LEDGERQ_LOG_FORMAT itself; `ledgerq api` has checked it."""
+    return _stdlib_handler(os.environ.get("LEDGERQ_LOG_FORMAT") or "console", sys.stderr)
+
+
+def configure_logging(log_format: str, log_level: str, stream: TextIO | None = None) -> None:
+    """Configure structlog and the root logger of this process (idempotent: safe to call twice)."""
+    stream = stream or sys.stderr
+    level = logging.getLevelNamesMapping().get(log_level.upper(), logging.INFO)
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[*_shared_processors(log_format), _renderer(log_format, stream)],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
 
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-        )
-    )
+    handler = _stdlib_handler(log_format, stream)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -62,8 +83,10 @@ def configure_logging(log_format: str, log_level: str, stream: TextIO | None = N
     root.setLevel(level)
     for name, quiet in _QUIET.items():
         logging.getLogger(name).setLevel(max(quiet, level))
-    # uvicorn configures its own handler before the app exists; send its lines to ours. (Its
-    # access log stays as uvicorn was told: `ledgerq api` turns it off, requests log themselves.)
-    uvicorn = logging.getLogger("uvicorn")
-    uvicorn.handlers.clear()
-    uvicorn.propagate = True
+    # uvicorn and granian configure their own handlers before the app exists; send their lines to
+    # ours. (Their access logs stay as they were told: `ledgerq api` turns them off, requests log
+    # themselves.)
+    for name in ("uvicorn", "_granian", "granian.access"):
+        server = logging.getLogger(name)
+        server.handlers.clear()
+        server.propagate = True

@@ -135,6 +135,7 @@ def test_worker_consumes_control_and_its_partitions_one_at_a_time() -> None:
 
 def test_api_and_beat_command_lines(tmp_path: Path) -> None:
     settings = _settings(
+        LEDGERQ_API_SERVER="uvicorn",  # granian's: tests/unit/test_api_server.py
         LEDGERQ_API_HOST="0.0.0.0",
         LEDGERQ_API_PORT="9001",
         LEDGERQ_API_WORKERS="3",
