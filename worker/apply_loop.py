@@ -19,8 +19,7 @@ from worker.store.ledger import (
     ensure_system_accounts,
     load_holdings,
     lock_accounts,
-    lock_partition,
-    pending_batch,
+    lock_pending_batch,
     write_outcomes,
 )
 
@@ -80,8 +79,7 @@ _known_world: set[UUID] = set()
 def apply_next_batch(conn: Connection, partition: int, batch_size: int) -> list[Completion]:
     """One transaction: lock the partition, apply up to batch_size pending operations, commit."""
     with conn.begin():
-        lock_partition(conn, partition)
-        batch = pending_batch(conn, partition, batch_size)
+        batch = lock_pending_batch(conn, partition, batch_size)
         if not batch:
             return []
         ops = [p.operation for p in batch]

@@ -75,7 +75,7 @@ def test_apply_loop_plans_stay_right_when_statistics_say_nothing_is_pending(
     import re
 
     from worker.store.fast import libpq_url
-    from worker.store.ledger import _PENDING_BATCH, _WRITE_OUTCOMES
+    from worker.store.ledger import _LOCKED_PENDING_BATCH, _WRITE_OUTCOMES
 
     upgrade(empty_database)
     with psycopg.connect(libpq_url(empty_database), autocommit=True) as conn:
@@ -109,7 +109,7 @@ def test_apply_loop_plans_stay_right_when_statistics_say_nothing_is_pending(
             assert row is not None
             return json.dumps(row[0])
 
-        batch = plan(_PENDING_BATCH.sql, {"partition": 3, "limit": 16})
+        batch = plan(_LOCKED_PENDING_BATCH.sql, {"namespace": 1, "partition": 3, "limit": 16})
         assert "ix_operations_pending_partition_seq" in batch
         assert "ix_operations_pending_debits_account_id" not in batch
 

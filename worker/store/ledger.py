@@ -49,21 +49,19 @@ def _run(conn: Connection, statement: Compiled, params: Mapping[str, Any]) -> li
         return cursor.fetchall() if cursor.description is not None else []
 
 
-_LOCK_PARTITION = Compiled(sa.text("SELECT pg_advisory_xact_lock(:namespace, :partition)"))
-
-
-def lock_partition(conn: Connection, partition: int) -> None:
-    """Serialise appliers of one partition (transaction-scoped; released by commit or crash)."""
-    _run(conn, _LOCK_PARTITION, {"namespace": ADVISORY_NAMESPACE, "partition": partition})
-
-
-# The row lock makes a concurrent cancel wait for our commit and then see the final status.
-_PENDING_BATCH = Compiled(
+# One statement, one round trip: the partition's advisory lock (serialises its appliers; released
+# by commit or crash), then its oldest pending operations. The lock is an InitPlan behind a
+# One-Time Filter, so it is taken before any row is read. The statement's snapshot may predate
+# the commit of an applier it waited for; the row lock re-checks each row against its latest
+# version (READ COMMITTED), so an operation that applier finished is skipped, not applied again.
+# The row lock also makes a concurrent cancel wait for our commit and then see the final status.
+_LOCKED_PENDING_BATCH = Compiled(
     sa.text(
         """
         SELECT id, type, account_id, to_account_id, amount, currency, category, asset_id, quantity
         FROM operations
-        WHERE partition = :partition AND status = 'pending'
+        WHERE (SELECT pg_advisory_xact_lock(:namespace, :partition)) IS NOT NULL
+          AND partition = :partition AND status = 'pending'
         ORDER BY seq
         LIMIT :limit
         FOR NO KEY UPDATE
@@ -72,8 +70,10 @@ _PENDING_BATCH = Compiled(
 )
 
 
-def pending_batch(conn: Connection, partition: int, limit: int) -> list[PendingOperation]:
-    rows = _run(conn, _PENDING_BATCH, {"partition": partition, "limit": limit})
+def lock_pending_batch(conn: Connection, partition: int, limit: int) -> list[PendingOperation]:
+    """Lock the partition for this transaction and read up to `limit` pending operations, in order."""
+    params = {"namespace": ADVISORY_NAMESPACE, "partition": partition, "limit": limit}
+    rows = _run(conn, _LOCKED_PENDING_BATCH, params)
     return [
         PendingOperation(
             Operation(
@@ -162,7 +162,7 @@ def lock_accounts(conn: Connection, account_ids: Iterable[UUID]) -> dict[UUID, A
 # The batch's writes in one statement (one round trip): balances, entries, positions and
 # statuses. Each part reads only its own arrays, and no part reads another's table, so the
 # single snapshot the parts share changes nothing. Empty arrays write nothing. Operations are
-# matched by primary key alone: pending_batch locked them in this transaction while pending,
+# matched by primary key alone: lock_pending_batch locked them in this transaction while pending,
 # and a status condition here let the planner scan every pending row instead (when the
 # statistics said few were pending).
 _WRITE_OUTCOMES = Compiled(
