@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
+from api.groupcommit import Grouped
 from worker.store import queries
 from worker.store.fast import FastStore
 from worker.store.queries import Record
@@ -17,15 +18,20 @@ class AccountDirectory:
     cached). Bounded by simple eviction of the oldest entries.
     """
 
-    def __init__(self, max_entries: int = 200_000) -> None:
+    def __init__(self, db: FastStore, max_entries: int = 200_000) -> None:
         self._max = max_entries
         self._rows: dict[UUID, Record] = {}
+        # Misses of concurrent requests share one SELECT (a cold cache under load).
+        self._load: Grouped[UUID, dict[UUID, Record]] = Grouped(
+            lambda ids: queries.accounts_by_ids(db, ids)
+        )
 
-    async def lookup(self, db: FastStore, account_ids: set[UUID]) -> dict[UUID, Record]:
+    async def lookup(self, account_ids: set[UUID]) -> dict[UUID, Record]:
         found = {i: self._rows[i] for i in account_ids if i in self._rows}
         missing = account_ids - found.keys()
         if missing:
-            loaded = await queries.accounts_by_ids(db, missing)
+            group = await self._load(list(missing))
+            loaded = {i: group[i] for i in missing if i in group}
             if len(self._rows) + len(loaded) > self._max:
                 for stale in list(self._rows)[: len(loaded) + self._max // 10]:
                     del self._rows[stale]

@@ -1,5 +1,8 @@
 """Group commit: the operations of concurrent submits in one API process are written together.
 
+The same gathering serves the account directory's cache misses (api/directory.py): concurrent
+lookups of accounts the process has not seen yet share one SELECT.
+
 A submit hands its new operations to the process's `GroupCommitter` and waits. When no group is
 being written, the operations go out at once (no artificial wait); while one group is being
 written, everything that arrives forms the next group, written in one multi-row INSERT (one
@@ -12,39 +15,42 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Generic, TypeVar
 
 import structlog
 
-from worker.store.queries import NewOperation, OperationKey, Record
+from worker.store.fast import FastStore
+from worker.store.queries import NewOperation, OperationKey, Record, insert_operations
 
 log = structlog.get_logger(__name__)
 
-Writer = Callable[[Sequence[NewOperation]], Awaitable[dict[OperationKey, Record]]]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
-class GroupCommitter:
-    """One group in flight per process; the next one gathers while it commits.
+class Grouped(Generic[T, R]):
+    """One call in flight per process; the calls that arrive meanwhile are gathered into the next.
 
-    `write` stores a group (all or nothing) and returns the stored row per (principal, key);
-    `committed` learns the partitions that received new operations, once they are durable.
-    A failed write fails exactly the submits of that group, with the write's exception.
+    `call` receives the items of every caller in the group and returns one result that all of
+    them share (a mapping they look themselves up in); `done` sees each successful group first.
+    A failed call fails exactly the callers of that group, with its exception.
     """
 
-    def __init__(self, write: Writer, committed: Callable[[Iterable[int]], None]) -> None:
-        self._write = write
-        self._committed = committed
-        self._waiting: list[
-            tuple[Sequence[NewOperation], asyncio.Future[dict[OperationKey, Record]]]
-        ] = []
+    def __init__(
+        self,
+        call: Callable[[list[T]], Awaitable[R]],
+        done: Callable[[list[T], R], None] | None = None,
+    ) -> None:
+        self._call = call
+        self._done = done
+        self._waiting: list[tuple[Sequence[T], asyncio.Future[R]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self.groups = 0  # groups committed by this process (tests and metrics read it)
+        self.groups = 0  # groups completed by this process (tests read it)
 
-    async def store(self, news: Sequence[NewOperation]) -> dict[OperationKey, Record]:
-        """Wait until `news` (and whatever joined their group) committed; the stored rows."""
-        future: asyncio.Future[dict[OperationKey, Record]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._waiting.append((news, future))
+    async def __call__(self, items: Sequence[T]) -> R:
+        """Wait until `items` (and whatever joined their group) went through `call`; its result."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((items, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -53,28 +59,37 @@ class GroupCommitter:
         try:
             while self._waiting:
                 group, self._waiting = self._waiting, []
-                await self._commit(group)
+                await self._run(group)
         finally:
             self._flusher = None
 
-    async def _commit(
-        self,
-        group: list[tuple[Sequence[NewOperation], asyncio.Future[dict[OperationKey, Record]]]],
-    ) -> None:
-        news = [new for submitted, _ in group for new in submitted]
+    async def _run(self, group: list[tuple[Sequence[T], asyncio.Future[R]]]) -> None:
+        items = [item for submitted, _ in group for item in submitted]
         try:
-            stored = await self._write(news)
+            result = await self._call(items)
         except Exception as exc:
-            # Nothing of this group was stored (one statement); earlier groups are untouched.
-            log.warning("group_commit_failed", operations=len(news), error=str(exc))
+            log.warning("group_failed", items=len(items), error=str(exc))
             for _, future in group:
                 if not future.done():
                     future.set_exception(exc)
             return
         self.groups += 1
-        ids = {new.id for new in news}
-        self._committed({row.partition for row in stored.values() if row.id in ids})
+        if self._done is not None:
+            self._done(items, result)
         for _, future in group:
-            # A request whose client went away was cancelled; its operation is stored all the same.
+            # A request whose client went away was cancelled; its items went through all the same.
             if not future.done():
-                future.set_result(stored)
+                future.set_result(result)
+
+
+def group_commit(
+    fast: FastStore, committed: Callable[[Iterable[int]], None]
+) -> Grouped[NewOperation, dict[OperationKey, Record]]:
+    """Intake's writer: each group is one multi-row INSERT, one transaction (all or nothing);
+    `committed` learns the partitions that received new operations, once they are durable."""
+
+    def created_partitions(news: list[NewOperation], stored: dict[OperationKey, Record]) -> None:
+        ids = {new.id for new in news}
+        committed({row.partition for row in stored.values() if row.id in ids})
+
+    return Grouped(lambda news: insert_operations(fast, news), created_partitions)

@@ -172,7 +172,7 @@ async def submit(
             referenced.add(s.request.to_account_id)
 
     outcomes: list[Outcome | NewOperation] = []
-    accounts = await services.accounts.lookup(services.fast, referenced)
+    accounts = await services.accounts.lookup(referenced)
     asset_ids = {s.request.asset_id for s in submissions if s.request.asset_id is not None}
     asset_currencies = await queries.asset_currencies(services.fast, asset_ids) if asset_ids else {}
     for s in submissions:
@@ -189,7 +189,7 @@ async def submit(
     if not news:
         return [o for o in outcomes if not isinstance(o, NewOperation)]
     try:
-        stored = await services.committer.store(news)
+        stored = await services.committer(news)
     except psycopg.Error as exc:
         # The whole group was rolled back: nothing of this request was stored.
         raise ApiError(

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.backlog import BacklogMonitor
 from api.directory import AccountDirectory
-from api.groupcommit import GroupCommitter
+from api.groupcommit import Grouped, group_commit
 from api.ratelimit import LoginThrottle, login_throttle
 from api.ringer import Ringer
 from api.waiters import CompletionWaiters
@@ -48,9 +48,9 @@ class Services:
     backlog: BacklogMonitor
     # Concurrent submits share one INSERT and one commit; their partitions are rung after it.
     ringer: Ringer
-    committer: GroupCommitter
+    committer: Grouped[queries.NewOperation, dict[queries.OperationKey, queries.Record]]
+    accounts: AccountDirectory
     waiters: CompletionWaiters = field(default_factory=CompletionWaiters)
-    accounts: AccountDirectory = field(default_factory=AccountDirectory)
 
 
 def services_of(app: Litestar) -> Services:
@@ -111,9 +111,8 @@ def lifespan_for(
             login_throttle=login_throttle(redis_client, settings),
             backlog=BacklogMonitor(settings.max_backlog),
             ringer=ringer,
-            committer=GroupCommitter(
-                lambda news: queries.insert_operations(fast, news), ringer.mark
-            ),
+            committer=group_commit(fast, ringer.mark),
+            accounts=AccountDirectory(fast),
         )
         app.state.services = services
         channels = app.plugins.get(ChannelsPlugin)

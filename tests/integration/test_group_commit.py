@@ -156,7 +156,7 @@ async def test_a_database_error_fails_exactly_its_group(
                 intake.submit(services, user, [intake.Submission(k, deposit(account))])
                 for k in failing_keys
             ),
-            services.committer.store([bad]),
+            services.committer([bad]),
             return_exceptions=True,
         )
         *refused, raw = results
@@ -218,3 +218,19 @@ async def test_ring_dropped_on_purpose_is_applied_by_the_sweeper(
         # No message reached any worker for it; beat's sweeper finds it pending and rings.
         assert wait_terminal(engine, [outcome.row.id], timeout=60) == {outcome.row.id: "succeeded"}
         assert await alice.balance(account) == "2.00"
+
+
+async def test_cold_account_lookups_of_concurrent_submits_share_one_query(
+    alice: LedgerClient, engine: Engine
+) -> None:
+    accounts = [await alice.create_account() for _ in range(5)]
+    async with in_process_api() as services:
+        lookups = services.accounts._load
+        assert lookups.groups == 0  # a new process has seen no account yet
+        outcomes = await submit_each(
+            services, UUID(alice.user_id), [(key(), deposit(a)) for a in accounts]
+        )
+        assert lookups.groups == 1  # five requests, five unknown accounts, one SELECT
+        assert all(isinstance(o, intake.Accepted) and o.created for o in outcomes)
+        ids = [o.row.id for o in outcomes if isinstance(o, intake.Accepted)]
+        assert set(wait_terminal(engine, ids).values()) == {"succeeded"}
