@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from worker.metrics import BATCH_OVERFLOW
+
 
 def _ms(d: dict[str, Any] | None) -> str:
     if not d or not d.get("count"):
@@ -80,6 +82,55 @@ def _drain_rows(table: Table, report: dict[str, Any]) -> None:
             table.add_row("batching buys", f"[bold]{report['speedup']:.1f}x[/]")
 
 
+BAR_WIDTH = 30
+
+
+def bucket_label(field: str, previous: str | None) -> str:
+    """A batch-size bucket as the sizes it holds: "1", "3-4", "257-500", ">500"."""
+    if field == BATCH_OVERFLOW:
+        return f">{previous}"
+    low = int(previous) + 1 if previous is not None else 1
+    return field if low == int(field) else f"{low}-{field}"
+
+
+def batch_histogram(sizes: dict[str, Any], bar: str = "#") -> list[tuple[str, str]]:
+    """One (label, bar and count) line per non-empty bucket of a report's batch_sizes."""
+    buckets: dict[str, int] = sizes["buckets"]
+    widest = max(buckets.values(), default=0)
+    total = sum(buckets.values())
+    lines: list[tuple[str, str]] = []
+    previous: str | None = None
+    for field, count in buckets.items():
+        if count:
+            width = max(1, round(BAR_WIDTH * count / widest))
+            lines.append(
+                (
+                    bucket_label(field, previous),
+                    f"{bar * width:<{BAR_WIDTH}} {count:,} ({100 * count / total:.0f}%)",
+                )
+            )
+        previous = field
+    return lines
+
+
+def _size(value: int | None) -> str:
+    return "-" if value is None else f"<={value:,}"
+
+
+def _batch_rows(table: Table, sizes: dict[str, Any], bar: str) -> None:
+    if not sizes["batches"]:
+        table.add_row("batch sizes", "no batches counted")
+        return
+    table.add_row(
+        "batch sizes",
+        f"{sizes['batches']:,} batches, {sizes['operations']:,} operations, mean "
+        f"{sizes['mean']:,.1f}, p50 {_size(sizes['p50'])}, p90 {_size(sizes['p90'])}, "
+        f"p99 {_size(sizes['p99'])}",
+    )
+    for label, line in batch_histogram(sizes, bar):
+        table.add_row(f"  {label} ops", line)
+
+
 def _memory_rows(table: Table, memory: dict[str, Any]) -> None:
     for group, m in memory.items():
         pids = ",".join(str(p) for p in m["pids"][:6]) + ("..." if len(m["pids"]) > 6 else "")
@@ -108,6 +159,9 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         _applied_rows(table, report["applied"])
     if report.get("drain"):
         _drain_rows(table, report)
+    if report.get("batch_sizes"):
+        encoding = (console.encoding or "").lower()
+        _batch_rows(table, report["batch_sizes"], "\u2588" if encoding.startswith("utf") else "#")
     _memory_rows(table, report.get("memory") or {})
     if table.row_count:
         console.print(table)
@@ -136,7 +190,8 @@ def write_json(path: str, report: dict[str, Any]) -> None:
 
 
 def plot(path: str, report: dict[str, Any]) -> None:
-    """Throughput and latency over time (and memory), one panel each, 1-second buckets."""
+    """Throughput and latency over time (and memory), one panel each, 1-second buckets; the
+    batch-size histogram when the workers counted batches."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render straight to the file
@@ -144,7 +199,9 @@ def plot(path: str, report: dict[str, Any]) -> None:
 
     timeline = report["timeline"]
     drain = report.get("drain") is not None
-    panels = 2 if drain else 3
+    sizes = report.get("batch_sizes")
+    histogram = bool(sizes and sizes["batches"])
+    panels = (2 if drain else 3) + histogram
     fig, axes = plt.subplots(panels, 1, figsize=(10, 3.2 * panels), sharex=False)
     title = f"ledgerq bench {report['workload']}"
     if not drain and report.get("http"):
@@ -180,6 +237,8 @@ def plot(path: str, report: dict[str, Any]) -> None:
         ax.set_xlabel("seconds since the load started (latency by submit time)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(loc="best")
+    if sizes and histogram:
+        _plot_batch_sizes(axes[-2], sizes)
     ax = axes[-1]
     memory = timeline["memory"]
     for group, values in memory.items():
@@ -192,3 +251,23 @@ def plot(path: str, report: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_batch_sizes(ax: Any, sizes: dict[str, Any]) -> None:
+    labels: list[str] = []
+    previous: str | None = None
+    for field in sizes["buckets"]:
+        labels.append(bucket_label(field, previous))
+        previous = field
+    counts = list(sizes["buckets"].values())
+    if not counts[-1]:  # the overflow bucket, empty unless LEDGERQ_BATCH_SIZE > 500
+        labels, counts = labels[:-1], counts[:-1]
+    ax.bar(labels, counts)
+    ax.set_xlabel("operations per batch")
+    ax.set_ylabel("batches")
+    ax.set_title(
+        f"batch sizes: {sizes['batches']:,} batches, mean {sizes['mean']:,.1f}, "
+        f"p50 {_size(sizes['p50'])}, p90 {_size(sizes['p90'])}",
+        fontsize="medium",
+    )
+    ax.grid(alpha=0.3, axis="y")

@@ -10,7 +10,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -25,6 +25,7 @@ from api.bench import DEFAULT_ACCOUNTS, BenchError
 from api.bench import db as bench_db
 from api.bench.baseline import Progress as BaselineProgress
 from api.bench.baseline import prepare_world, run_baseline, workers_paused
+from api.bench.batches import BatchSizeProbe, counts_url
 from api.bench.db import CURRENCY, Scope
 from api.bench.live import LoadView, progress_bar, show_load
 from api.bench.load import Plan, Recorder, lane_clients, make_client, run_load
@@ -121,6 +122,15 @@ def _configure_environment(args: argparse.Namespace) -> None:
         os.environ.setdefault("LEDGERQ_REDIS_URL", args.redis_url)
     os.environ["LEDGERQ_PARTITIONS"] = str(args.partitions)
     get_settings.cache_clear()
+
+
+def _batch_probe(args: argparse.Namespace, notes: list[str]) -> BatchSizeProbe:
+    """Reads the workers' batch-size counts in the target's LEDGERQ_REDIS_URL (or a Redis broker)."""
+    return BatchSizeProbe(counts_url(os.environ.get("LEDGERQ_REDIS_URL"), args.redis_url), notes)
+
+
+def _finished(ops: Sequence[bench_db.OpTimes]) -> int:
+    return sum(1 for o in ops if o.status != "pending")
 
 
 def _threads(args: argparse.Namespace) -> int:
@@ -238,6 +248,8 @@ async def _http(
         plan = Plan(args.duration, args.rate, concurrency, factory.units_per_request)
         load_mark = bench_db.max_seq(engine)
         sampler = Sampler(_target(args))
+        batches = _batch_probe(args, notes)
+        batches.start()
         rec = Recorder()
         t0 = bench_db.db_clock(engine)
         start = time.monotonic()
@@ -263,6 +275,7 @@ async def _http(
     result.update(
         http=http,
         applied=applied_summary(ops, t0) if args.workload != "read" else None,
+        batch_sizes=batches.finish(_finished(ops)),
         memory=memory,
         timeline=http_timeline(rec, ops, t0, memory_timeline(sampler.times, memory)),
     )
@@ -355,6 +368,8 @@ def _drain(
 
     _tidy(engine, notes)
     mark = bench_db.max_seq(engine)
+    batches = _batch_probe(args, notes)
+    batches.start()
     console.print(f"prefilling {args.ops:,} pending operations in one transaction (COPY) ...")
     filled = bench_db.prefill(engine, setup.principal_id, specs, f"{run_id}-d-", args.partitions)
     sampler.start()
@@ -369,6 +384,7 @@ def _drain(
         "partitions": filled.partitions,
     }
     result["drain"] = drain_summary(batched, filled.committed_at)
+    result["batch_sizes"] = batches.finish(_finished(batched))
 
     baseline_ops: list[bench_db.OpTimes] = []
     baseline_start: float | None = None

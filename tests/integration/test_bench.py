@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from tests.integration.support import ROOT
+from worker.metrics import BATCH_BUCKETS, BATCH_FIELDS, BATCH_OVERFLOW
 from worker.store.tables import operations, users
 
 pytestmark = pytest.mark.integration
@@ -62,6 +63,25 @@ def assert_verified(report: dict[str, Any]) -> None:
     }
 
 
+def assert_batch_sizes(report: dict[str, Any], output: str, operations: int) -> None:
+    """The workers counted the run's batches: a histogram that adds up, at least `operations`
+    operations in it (the counts are the deployment's, so other tests' batches may be in them)."""
+    sizes = report["batch_sizes"]
+    buckets = sizes["buckets"]
+    assert list(buckets) == list(BATCH_FIELDS)
+    assert sizes["batches"] == sum(buckets.values()) >= 1
+    assert sizes["operations"] >= max(operations, 1)
+    assert sizes["operations"] >= sizes["batches"]
+    # Each bucket's batches hold between its lower and upper bound of operations each.
+    lows = zip(BATCH_FIELDS, (1, *(b + 1 for b in BATCH_BUCKETS)), strict=True)
+    assert sizes["operations"] >= sum(buckets[f] * low for f, low in lows)
+    if not buckets[BATCH_OVERFLOW]:
+        assert sizes["operations"] <= sum(buckets[str(b)] * b for b in BATCH_BUCKETS)
+    assert sizes["mean"] == pytest.approx(sizes["operations"] / sizes["batches"], abs=0.01)
+    assert sizes["p50"] is not None and sizes["p50"] <= sizes["p90"] <= sizes["p99"]
+    assert "batch sizes" in output and f"{sizes['batches']:,} batches" in output
+
+
 def test_spread_short_run_reports_and_verifies(
     api_url: str, engine: Engine, service_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -95,6 +115,7 @@ def test_spread_short_run_reports_and_verifies(
     assert sum(timeline["applied"]) == http["ok"]
     assert "api" in report["memory"] and "worker" in report["memory"]
     assert report["memory"]["api"]["rss_peak_mb"] > 0
+    assert_batch_sizes(report, output, http["ok"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert_verified(report)
     assert statuses(engine, username).get("pending", 0) == 0
@@ -115,7 +136,7 @@ def test_drain_with_baseline_applies_everything_once(
     api_url: str, engine: Engine, service_env: dict[str, str], tmp_path: Path
 ) -> None:
     username = f"bench-{secrets.token_hex(4)}"
-    report, _ = bench(
+    report, output = bench(
         service_env, tmp_path, "drain",
         "--url", api_url, "--username", username,
         "--ops", "2000", "--accounts", "200", "--baseline", "--concurrency", "2",
@@ -125,6 +146,8 @@ def test_drain_with_baseline_applies_everything_once(
     drain = report["drain"]
     assert drain["operations"] == drain["applied"] == 2000
     assert drain["rate"] > 0
+    # The batched drain only: the baseline applies its operations itself, the workers paused.
+    assert_batch_sizes(report, output, 2000)
     baseline = report["baseline"]
     assert baseline["operations"] == 2000
     # The baseline paused the workers: it applied (or failed) every one of its operations itself.

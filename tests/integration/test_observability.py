@@ -18,6 +18,7 @@ from uuid import UUID
 
 import httpx
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
@@ -36,6 +37,7 @@ from tests.integration.support import (
     wait_terminal,
 )
 from worker.devservers import free_port
+from worker.metrics import read_batch_sizes
 from worker.routing import partition_for
 from worker.settings import normalize_database_url
 from worker.store.db import make_engine
@@ -213,6 +215,26 @@ async def test_metrics_count_submitted_applied_failed_with_latency_and_batch_siz
     assert grew(worker_after, f"{latency}_bucket", 4, le="+Inf")
     assert grew(worker_after, "ledgerq_batch_size_count", 1)
     assert grew(worker_after, "ledgerq_batch_size_sum", 4)
+    # The batch sizes the worker counts in Redis (for `ledgerq bench`) are the same batches: one
+    # worker and a private Redis, so the totals match its histogram exactly.
+    box: dict[str, Any] = {}
+    with redis.Redis.from_url(deployment.env["LEDGERQ_REDIS_URL"]) as r:
+
+        def matches(s: Samples) -> bool:
+            sizes = read_batch_sizes(r)
+            box["sizes"] = sizes
+            return (sizes.batches, sizes.operations) == (
+                value(s, "ledgerq_batch_size_count"),
+                value(s, "ledgerq_batch_size_sum"),
+            )
+
+        worker_after = eventually(lambda: scrape(deployment.worker_metrics_url), matches)
+        sizes = box["sizes"]
+    assert sizes.operations >= 4 and sizes.batches >= 1
+    assert sizes.buckets["1"] == value(worker_after, "ledgerq_batch_size_bucket", le="1.0")
+    assert sizes.buckets["1"] + sizes.buckets["2"] == value(
+        worker_after, "ledgerq_batch_size_bucket", le="2.0"
+    )
 
     # The API computes the queue's gauges at scrape time, from PostgreSQL and Redis.
     assert value(api_after, "ledgerq_workers_alive") == 1
