@@ -16,6 +16,7 @@ from domain.apply import NO_HOLDINGS, Applied, apply_batch
 from domain.model import INVESTMENT_TYPES, AccountKind, OperationType
 from worker.store.db import is_retryable
 from worker.store.ledger import (
+    any_pending,
     ensure_system_accounts,
     load_holdings,
     lock_accounts,
@@ -162,25 +163,30 @@ def drain_partition(
     deadline = time.monotonic() + time_budget
     completed = batches = 0
     limit = min(MIN_BATCH, batch_size)
-    released = False
     # One connection for the whole drain: a checkout per batch cost more than the batch's SQL.
     with engine.connect() as conn:
         while True:
+            asked = limit
             done = apply_with_retry(conn, partition, limit)
-            if not done:
-                if release is None or released:
-                    return DrainResult(completed, batches, more_pending=False)
-                # Clear the doorbell only now, then look once more: an operation committed before the
-                # clear was seen by this look; one committed after it finds no bell and rings anew.
-                release()
-                released = True
+            if done:
+                completed += len(done)
+                batches += 1
+                publish(done)
+                limit = next_batch_limit(limit, len(done), batch_size)
+                if time.monotonic() >= deadline:
+                    return DrainResult(completed, batches, more_pending=True)
+                if len(done) >= asked:
+                    continue  # a full batch: there is probably more
+            # The partition looks drained. Looks are single autocommit SELECTs (one round trip,
+            # where a transaction costs three).
+            if any_pending(conn, partition):
                 continue
-            if released and reclaim is not None:
+            if release is None:
+                return DrainResult(completed, batches, more_pending=False)
+            # Clear the doorbell only now, then look once more: an operation committed before the
+            # clear is seen by this look; one committed after it finds no bell and rings anew.
+            release()
+            if not any_pending(conn, partition):
+                return DrainResult(completed, batches, more_pending=False)
+            if reclaim is not None:
                 reclaim()
-                released = False
-            completed += len(done)
-            batches += 1
-            publish(done)
-            limit = next_batch_limit(limit, len(done), batch_size)
-            if time.monotonic() >= deadline:
-                return DrainResult(completed, batches, more_pending=True)

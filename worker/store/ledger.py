@@ -70,6 +70,28 @@ _LOCKED_PENDING_BATCH = Compiled(
 )
 
 
+_ANY_PENDING = Compiled(
+    sa.text(
+        "SELECT EXISTS (SELECT 1 FROM operations WHERE partition = :partition AND status = 'pending')"
+    )
+)
+
+
+def any_pending(conn: Connection, partition: int) -> bool:
+    """Whether the partition has a pending operation, in one round trip (the partial pending
+    index; no transaction, no lock): the cheap look that tells a drain it may stop. It sees
+    everything committed before it started, which is all the doorbell protocol asks of a look.
+    Call between transactions only."""
+    raw = conn.connection.driver_connection
+    assert raw is not None and not conn.in_transaction()
+    # A lone SELECT needs no BEGIN/COMMIT round trips; the connection goes back to transactions.
+    raw.autocommit = True
+    try:
+        return bool(_run(conn, _ANY_PENDING, {"partition": partition})[0][0])
+    finally:
+        raw.autocommit = False
+
+
 def lock_pending_batch(conn: Connection, partition: int, limit: int) -> list[PendingOperation]:
     """Lock the partition for this transaction and read up to `limit` pending operations, in order."""
     params = {"namespace": ADVISORY_NAMESPACE, "partition": partition, "limit": limit}
