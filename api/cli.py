@@ -126,9 +126,11 @@ def api_command(settings: Settings) -> list[str]:
 
 
 def uvicorn_command(settings: Settings) -> list[str]:
-    # uvicorn's defaults that matter: X-Forwarded-For/-Proto trusted from FORWARDED_ALLOW_IPS
-    # (127.0.0.1 and ::1 when unset); on SIGTERM it stops accepting, lets running requests end
-    # (no time limit), then runs the app's lifespan shutdown; with --workers > 1 its parent
+    # Proxy headers: uvicorn by default believes X-Forwarded-For/-Proto from 127.0.0.1 (or
+    # FORWARDED_ALLOW_IPS), so a local client could pick its own address for the failed-login and
+    # rate limits. Only LEDGERQ_TRUSTED_PROXIES are trusted, none when it is empty.
+    # uvicorn's other defaults that matter: on SIGTERM it stops accepting, lets running requests
+    # end (no time limit), then runs the app's lifespan shutdown; with --workers > 1 its parent
     # process replaces a worker that dies.
     return [
         sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
@@ -138,7 +140,16 @@ def uvicorn_command(settings: Settings) -> list[str]:
         "--loop", "uvloop",
         "--http", "httptools",
         "--no-access-log",
+        *proxy_header_options(settings),
     ]  # fmt: skip
+
+
+def proxy_header_options(settings: Settings) -> list[str]:
+    """uvicorn's options for LEDGERQ_TRUSTED_PROXIES (explicit either way: its defaults trust
+    127.0.0.1, and FORWARDED_ALLOW_IPS would otherwise still be read)."""
+    if not settings.trusted_proxies:
+        return ["--no-proxy-headers"]
+    return ["--proxy-headers", "--forwarded-allow-ips", settings.trusted_proxies]
 
 
 # granian's own loggers write through ledgerq's handler (worker/logging_setup.py granian_handler).
@@ -152,8 +163,8 @@ def granian_command(settings: Settings) -> list[str]:
     """granian, set up to behave as uvicorn does above.
 
     - Proxy headers: granian has no such option; it serves api.granian_app:create_app, the app
-      behind uvicorn's own proxy-header middleware with uvicorn's trusted addresses
-      (FORWARDED_ALLOW_IPS, else 127.0.0.1 and ::1). See there for why not granian's wrapper.
+      behind uvicorn's own proxy-header middleware trusting LEDGERQ_TRUSTED_PROXIES (not wrapped
+      at all when that is empty). See there for why not granian's wrapper.
     - Graceful shutdown: on SIGTERM granian's parent process passes it on to each worker, which
       stops accepting, closes idle connections, lets running requests end and then runs the app's
       lifespan shutdown, as uvicorn does (a SIGTERM that comes while a worker is still starting is

@@ -8,7 +8,6 @@ takes to import the app.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -16,24 +15,30 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-# uvicorn's own default for the addresses whose X-Forwarded-For/-Proto it believes.
-DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1,::1"
+    from api.logging import RequestEdge
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def forwarded_allow_ips() -> str:
-    """The proxies trusted with X-Forwarded-For/-Proto: FORWARDED_ALLOW_IPS, as uvicorn reads it."""
-    return os.environ.get("FORWARDED_ALLOW_IPS", DEFAULT_FORWARDED_ALLOW_IPS)
+def behind_proxies(app: RequestEdge, trusted_proxies: str) -> RequestEdge | ProxyHeadersMiddleware:
+    """The app as uvicorn serves it (api/cli.py uvicorn_command): X-Forwarded-For/-Proto believed
+    from trusted_proxies (LEDGERQ_TRUSTED_PROXIES) only; with none, the app itself, unwrapped."""
+    if not trusted_proxies:
+        return app
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    # Litestar's and uvicorn's typings of the one ASGI interface, which mypy cannot match.
+    return ProxyHeadersMiddleware(app, trusted_hosts=trusted_proxies)  # type: ignore[arg-type]
 
 
-def create_app() -> ProxyHeadersMiddleware:
+def create_app() -> RequestEdge | ProxyHeadersMiddleware:
     """granian's --factory target, called in each worker process before it serves.
 
-    Proxy headers: api.app's app behind the middleware uvicorn puts around every app it serves,
-    with uvicorn's trusted addresses. granian has no such option, only a wrapper
-    (granian.utils.proxies) that differs: it takes a `host:port` entry for a host (the address
-    the login and rate limits count by would change with the client's port), ignores
-    X-Forwarded-Proto without X-Forwarded-For and trusts 127.0.0.1 only by default. With uvicorn's
+    Proxy headers: api.app's app behind the middleware uvicorn puts around the app it serves,
+    trusting the same addresses (LEDGERQ_TRUSTED_PROXIES; none and no middleware when empty).
+    granian has no such option, only a wrapper (granian.utils.proxies) that differs: it takes a
+    `host:port` entry for a host (the address the login and rate limits count by would change
+    with the client's port) and ignores X-Forwarded-Proto without X-Forwarded-For. With uvicorn's
     middleware the client address and scheme the app sees, and the work done per request, are the
     same under either server.
 
@@ -60,9 +65,7 @@ def create_app() -> ProxyHeadersMiddleware:
     # granian made this worker's loop the current one before calling its factory.
     asyncio.get_event_loop().call_soon(raise_held)
 
-    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-
     from api.app import create_app as create_edge
+    from worker.settings import get_settings
 
-    # Litestar's and uvicorn's typings of the one ASGI interface, which mypy cannot match.
-    return ProxyHeadersMiddleware(create_edge(), trusted_hosts=forwarded_allow_ips())  # type: ignore[arg-type]
+    return behind_proxies(create_edge(), get_settings().trusted_proxies)

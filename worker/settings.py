@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,6 +63,13 @@ VARIABLES: tuple[Var, ...] = (
         "LEDGERQ_API_SERVER",
         "uvicorn",
         "HTTP server `ledgerq api` runs the API under: `uvicorn` or `granian`.",
+    ),
+    Var(
+        "LEDGERQ_TRUSTED_PROXIES",
+        "",
+        "Proxies whose X-Forwarded-For/-Proto the API believes: comma-separated addresses or "
+        "networks (`10.0.0.0/8`), `*` for any. Empty: none, the client address is the "
+        "connection's peer.",
     ),
     Var("LEDGERQ_FLOWER_HOST", "127.0.0.1", "Address Flower (`ledgerq flower`) listens on."),
     Var("LEDGERQ_FLOWER_PORT", "5555", "Port Flower (`ledgerq flower`) listens on."),
@@ -190,6 +198,27 @@ def parse_worker_partitions(raw: str, partitions: int) -> tuple[int, ...] | None
     return parse_partition_set("LEDGERQ_WORKER_PARTITIONS", raw, partitions)
 
 
+def parse_trusted_proxies(raw: str) -> str:
+    """LEDGERQ_TRUSTED_PROXIES as uvicorn's --forwarded-allow-ips takes it: "" (trust no proxy),
+    "*" (any), or comma-separated addresses and networks. Checked here, as uvicorn would take a
+    mistyped address for a name no client ever has, and trust nobody without a word."""
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    if "*" in entries:
+        return "*"
+    for entry in entries:
+        try:
+            if "/" in entry:
+                ipaddress.ip_network(entry)
+            else:
+                ipaddress.ip_address(entry)
+        except ValueError:
+            raise SettingsError(
+                "LEDGERQ_TRUSTED_PROXIES must be comma-separated addresses or networks "
+                f"(like `127.0.0.1,10.0.0.0/8`) or `*`, got {entry!r}"
+            ) from None
+    return ",".join(entries)
+
+
 def normalize_database_url(url: str) -> str:
     """SQLAlchemy needs the psycopg (v3) driver named in the URL; accept plain postgres URLs too."""
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
@@ -212,6 +241,8 @@ class Settings:
     api_port: int
     api_workers: int
     api_server: str
+    # "" (no proxy is trusted), "*" or comma-separated addresses/networks (parse_trusted_proxies).
+    trusted_proxies: str
     flower_host: str
     flower_port: int
     worker_metrics_host: str
@@ -269,6 +300,7 @@ class Settings:
             api_port=number("LEDGERQ_API_PORT", 1, 65535),
             api_workers=number("LEDGERQ_API_WORKERS", 1, 64),
             api_server=api_server,
+            trusted_proxies=parse_trusted_proxies(env.get("LEDGERQ_TRUSTED_PROXIES", "")),
             flower_host=get("LEDGERQ_FLOWER_HOST"),
             flower_port=number("LEDGERQ_FLOWER_PORT", 1, 65535),
             worker_metrics_host=get("LEDGERQ_WORKER_METRICS_HOST"),

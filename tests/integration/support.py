@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+import redis
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
@@ -308,3 +309,13 @@ def assert_ledger_consistent(engine: Engine) -> None:
         assert per_operation == [], (
             f"operations applied other than exactly once: {per_operation[:5]}"
         )
+
+
+def failed_login_addresses(redis_url: str) -> set[str]:
+    """Client addresses the failed-login limiter has counted (api/ratelimit.py LoginThrottle)."""
+    prefix = "ledgerq:login-failures:addr:"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return {k.decode()[len(prefix) :] for k in client.scan_iter(match=prefix + "*")}
+    finally:
+        client.close()

@@ -29,6 +29,7 @@ from tests.integration.support import (
     ROOT,
     LedgerClient,
     Process,
+    failed_login_addresses,
     insert_pending,
     key,
     wait_for_http,
@@ -584,6 +585,109 @@ async def test_failed_logins_are_limited_per_username_and_per_address(
 
     await asyncio.sleep(retry_after + 0.2)
     assert (await there.get("/api/v1/accounts", headers=right)).status_code == 200
+
+
+PER_ADDRESS = 3
+
+
+@pytest.fixture(scope="module")
+def proxy_apis(service_env: dict[str, str], logs_dir: Path) -> Iterator[dict[str, str]]:
+    """Two API processes with a small per-address failed-login limit: "default" with
+    LEDGERQ_TRUSTED_PROXIES at its default (empty; as the suite's API), "trusting" 127.0.0.1."""
+    variants = {"default": "", "trusting": "127.0.0.1"}
+    processes, urls = [], {}
+    for name, trusted in variants.items():
+        port = free_port()
+        env = {
+            **service_env,
+            "LEDGERQ_LOGIN_MAX_FAILURES_PER_ADDRESS": str(PER_ADDRESS),
+            # Set even when empty, so that nothing in this process's environment leaks in.
+            "LEDGERQ_TRUSTED_PROXIES": trusted,
+            "LEDGERQ_API_PORT": str(port),
+        }
+        process = Process(f"api-proxy-{name}", ["-m", "api.cli", "api"], env, logs_dir)
+        process.start()
+        processes.append(process)
+        urls[name] = f"http://127.0.0.1:{port}"
+    try:
+        for process, url in zip(processes, urls.values(), strict=True):
+            wait_for_http(f"{url}/health", process, timeout=60)
+        yield urls
+    finally:
+        for process in processes:
+            process.stop()
+
+
+async def guess(client: httpx.AsyncClient, forwarded_for: str) -> httpx.Response:
+    """A failed login (a username of its own, so only the per-address limit can bite)."""
+    return await client.get(
+        "/api/v1/accounts",
+        headers={
+            **basic_header(f"guess-{key()}", "password-guess"),
+            "X-Forwarded-For": forwarded_for,
+            "X-Forwarded-Proto": "https",
+        },
+    )
+
+
+def forged_address(network: str = "203.0.113") -> str:
+    return f"{network}.{secrets.randbelow(250) + 1}"
+
+
+async def test_a_local_client_cannot_dodge_the_address_limit_with_x_forwarded_for(
+    http: httpx.AsyncClient,
+    proxy_apis: dict[str, str],
+    clients_from: Any,
+    service_env: dict[str, str],
+) -> None:
+    """By default no proxy is trusted: X-Forwarded-For from 127.0.0.1 (which uvicorn believes
+    unless told otherwise) changes nothing, every guess counts against the peer 127.0.0.1."""
+    bystander = await LedgerClient.register(http, "proxied")
+    local = clients_from(proxy_apis["default"], "127.0.0.1")
+    forged = [forged_address() for _ in range(PER_ADDRESS + 1)]
+    # 127.0.0.1 may have failures counted already (other tests, same Redis): the limit bites at
+    # the latest after PER_ADDRESS guesses, however many forwarded-for addresses they claim.
+    statuses = [(await guess(local, address)).status_code for address in forged]
+    assert statuses[-1] == 429, statuses
+    assert set(statuses) <= {401, 429}
+    r = await local.get(
+        "/api/v1/accounts",
+        headers={**basic_header(bystander.username), "X-Forwarded-For": forged_address()},
+    )
+    assert_problem(r, 429, "too_many_failed_logins")
+    counted = failed_login_addresses(service_env["LEDGERQ_REDIS_URL"])
+    assert "127.0.0.1" in counted
+    assert not counted & set(forged)
+
+
+async def test_x_forwarded_for_is_believed_from_a_trusted_proxy_only(
+    http: httpx.AsyncClient,
+    proxy_apis: dict[str, str],
+    clients_from: Any,
+    service_env: dict[str, str],
+) -> None:
+    bystander = await LedgerClient.register(http, "behind-proxy")
+    proxy = clients_from(proxy_apis["trusting"], "127.0.0.1")
+    # Each client behind the proxy is an address of its own: one locked out, another not.
+    # 192.0.2.x: no other test fails a login from there (test_api_server.py uses 203.0.113.x).
+    [locked, free] = [forged_address("192.0.2") for _ in range(2)]
+    while free == locked:
+        free = forged_address("192.0.2")
+    statuses = [(await guess(proxy, f"{locked}:4567")).status_code for _ in range(PER_ADDRESS)]
+    assert statuses == [401] * PER_ADDRESS
+    assert_problem(await guess(proxy, locked), 429, "too_many_failed_logins")
+    r = await proxy.get(
+        "/api/v1/accounts",
+        headers={**basic_header(bystander.username), "X-Forwarded-For": free},
+    )
+    assert r.status_code == 200, r.text
+    # From an address that is not a trusted proxy the header is ignored again.
+    untrusted = forged_address()
+    outsider = clients_from(proxy_apis["trusting"], "127.0.0.21")
+    assert_unauthenticated(await guess(outsider, untrusted))
+    counted = failed_login_addresses(service_env["LEDGERQ_REDIS_URL"])
+    assert locked in counted and "127.0.0.21" in counted
+    assert f"{locked}:4567" not in counted and untrusted not in counted
 
 
 # ---------------------------------------------------------------- hygiene

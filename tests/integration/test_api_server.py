@@ -14,11 +14,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from tests.integration.support import LedgerClient, Process, insert_pending, wait_for_http
+from tests.integration.support import (
+    LedgerClient,
+    Process,
+    failed_login_addresses,
+    insert_pending,
+    wait_for_http,
+)
 from worker.devservers import free_port
 
 # Well past what a clean stop takes, well short of granian's --workers-kill-timeout (40 s).
@@ -35,6 +40,8 @@ def granian_api(
         "LEDGERQ_API_SERVER": "granian",
         "LEDGERQ_API_WORKERS": "2",
         "LEDGERQ_API_PORT": str(port),
+        # Proxy headers are believed from 127.0.0.1 only (none are by default: test_access.py).
+        "LEDGERQ_TRUSTED_PROXIES": "127.0.0.1",
     }
     process = Process(f"api-granian-{port}", ["-m", "api.cli", "api"], env, logs_dir)
     try:
@@ -72,16 +79,6 @@ def stop_group(process: Process) -> int:
     return code
 
 
-def failed_login_addresses(redis_url: str) -> set[str]:
-    """Client addresses the failed-login limiter has counted (api/ratelimit.py LoginThrottle)."""
-    prefix = "ledgerq:login-failures:addr:"
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return {k.decode()[len(prefix) :] for k in client.scan_iter(match=prefix + "*")}
-    finally:
-        client.close()
-
-
 async def test_granian_serves_the_api_and_stops_gracefully(
     granian_api: tuple[Process, str], service_env: dict[str, str], engine: Engine
 ) -> None:
@@ -106,8 +103,8 @@ async def test_granian_serves_the_api_and_stops_gracefully(
         assert applied["status"] == "succeeded"
         assert await alice.balance(account) == "12.50"
 
-        # Proxy headers as uvicorn reads them: X-Forwarded-For believed from 127.0.0.1 (its port
-        # dropped), not from another address. The failed-login limiter counts by that address.
+        # Proxy headers as uvicorn reads them: X-Forwarded-For believed from the trusted proxy
+        # 127.0.0.1 (its port dropped), not from another address. The failed-login limiter counts by that address.
         trusted = f"203.0.113.{secrets.randbelow(250) + 1}"
         r = await http.get(
             "/api/v1/accounts",

@@ -144,7 +144,7 @@ def test_api_and_beat_command_lines(tmp_path: Path) -> None:
     assert api_command(settings) == [
         sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
         "--host", "0.0.0.0", "--port", "9001", "--workers", "3",
-        "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-proxy-headers",
     ]  # fmt: skip
     beat = beat_command(settings)
     assert beat[beat.index("--schedule") + 1] == str(tmp_path / "celerybeat-schedule")

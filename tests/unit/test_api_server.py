@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
-import uvicorn
 
 from api.cli import GRANIAN_LOG_CONFIG, api_command
-from api.granian_app import forwarded_allow_ips
+from api.granian_app import behind_proxies
 from worker.settings import API_SERVERS, VARIABLES, Settings, SettingsError
 
 BASE = {
@@ -56,7 +57,7 @@ def test_uvicorn_command_line() -> None:
     assert argv == [
         sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
         "--host", "0.0.0.0", "--port", "9001", "--workers", "3",
-        "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-proxy-headers",
     ]  # fmt: skip
 
 
@@ -130,9 +131,62 @@ def test_granian_lines_come_out_in_our_log_format() -> None:
     assert "timestamp" in line
 
 
-def test_granian_trusts_the_proxies_uvicorn_trusts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
-    assert forwarded_allow_ips() == uvicorn.Config("api.app:create_app").forwarded_allow_ips
-    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.0/8,192.0.2.7")
-    assert forwarded_allow_ips() == uvicorn.Config("api.app:create_app").forwarded_allow_ips
-    assert forwarded_allow_ips() == "10.0.0.0/8,192.0.2.7"
+def test_no_proxy_is_trusted_by_default() -> None:
+    [default] = [v.default for v in VARIABLES if v.name == "LEDGERQ_TRUSTED_PROXIES"]
+    assert default == ""
+    assert settings().trusted_proxies == ""
+    assert settings(LEDGERQ_TRUSTED_PROXIES=" , ").trusted_proxies == ""
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        (" 10.0.0.0/8, 192.0.2.7 ,::1,fd00::/8", "10.0.0.0/8,192.0.2.7,::1,fd00::/8"),
+        ("*", "*"),
+        ("10.0.0.1, *", "*"),
+    ],
+)
+def test_trusted_proxies_are_addresses_networks_or_any(raw: str, parsed: str) -> None:
+    assert settings(LEDGERQ_TRUSTED_PROXIES=raw).trusted_proxies == parsed
+
+
+@pytest.mark.parametrize("bad", ["localhost", "10.0.0.0/33", "10.0.0.1/8", "127.0.0.1:8000"])
+def test_a_mistyped_proxy_is_refused_naming_the_variable(bad: str) -> None:
+    with pytest.raises(SettingsError, match=f"LEDGERQ_TRUSTED_PROXIES.*{re.escape(repr(bad))}"):
+        settings(LEDGERQ_TRUSTED_PROXIES=f"127.0.0.1,{bad}")
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_proxy_headers_on_the_command_line(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn is told either way (its defaults trust 127.0.0.1); granian's app reads the setting."""
+    unset = api_command(settings(LEDGERQ_API_SERVER=server))
+    trusted = api_command(
+        settings(LEDGERQ_API_SERVER=server, LEDGERQ_TRUSTED_PROXIES="127.0.0.1, 10.0.0.0/8")
+    )
+    if server == "granian":
+        assert unset == trusted
+        assert not any("proxy" in arg or "forwarded" in arg for arg in unset)
+        return
+    assert unset[-1] == "--no-proxy-headers"
+    assert "--proxy-headers" not in unset and "--forwarded-allow-ips" not in unset
+    assert trusted[-3:] == ["--proxy-headers", "--forwarded-allow-ips", "127.0.0.1,10.0.0.0/8"]
+    assert "--no-proxy-headers" not in trusted
+    # As uvicorn parses them: FORWARDED_ALLOW_IPS in the environment changes nothing.
+    from uvicorn.main import main as uvicorn_cli
+
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    for argv, headers, allowed in ((unset, False, None), (trusted, True, "127.0.0.1,10.0.0.0/8")):
+        params = uvicorn_cli.make_context("uvicorn", argv[3:]).params
+        assert (params["proxy_headers"], params["forwarded_allow_ips"]) == (headers, allowed)
+
+
+def test_granian_wraps_the_app_only_when_a_proxy_is_trusted() -> None:
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    app: Any = object()
+    assert behind_proxies(app, "") is app
+    wrapped = behind_proxies(app, "127.0.0.1,10.0.0.0/8")
+    assert isinstance(wrapped, ProxyHeadersMiddleware) and wrapped.app is app
+    assert "10.1.2.3" in wrapped.trusted_hosts and "127.0.0.2" not in wrapped.trusted_hosts
+    assert behind_proxies(app, "*").trusted_hosts.always_trust  # type: ignore[union-attr]
