@@ -24,7 +24,12 @@ from api.controllers.investments import (
     follow_captado,
 )
 from api.controllers.operations import OperationController
-from api.errors import ProblemResponsesPlugin, internal_error_handler, problem_details_plugin
+from api.errors import (
+    ProblemResponsesPlugin,
+    internal_error_handler,
+    problem_details_plugin,
+    require_json_body,
+)
 from api.logging import RequestEdge
 from api.metrics import HttpMetrics, metrics
 from api.ratelimit import (
@@ -91,6 +96,7 @@ def create_litestar(settings: Settings | None = None) -> Litestar:
         # Logging is configured above (worker/logging_setup.py), not by Litestar's defaults.
         logging_config=None,
         guards=[require_access],
+        before_request=require_json_body,
         stores={RATE_LIMIT_STORE: rate_limit_store(redis_client)},
         plugins=[
             problem_details_plugin(),

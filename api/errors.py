@@ -140,6 +140,36 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
     )
 
 
+# ---------------------------------------------------------------- request bodies are JSON
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """`application/json` or any `+json` type (parameters such as charset ignored)."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+async def require_json_body(request: Request[Any, Any, Any]) -> None:
+    """Every body this API takes is JSON: a body of another declared type answers 415 before it is
+    read (Litestar would otherwise parse a `text/plain` body as JSON all the same)."""
+    if request.method not in _BODY_METHODS:
+        return
+    headers = request.headers
+    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+        return  # no body (POST /api/v1/auth/token, say)
+    if not is_json_media_type(headers.get("content-type", "")):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "Request bodies must be JSON: send Content-Type: application/json.",
+            headers={"Accept": "application/json"},
+        )
+
+
 # ---------------------------------------------------------------- the problems, documented
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -178,7 +208,7 @@ class ProblemResponsesPlugin(ReceiveRoutePlugin):
             if not public:
                 statuses |= {401, 403, 404}
             if "data" in handler.parsed_fn_signature.parameters:
-                statuses.add(413)
+                statuses |= {413, 415}
             documented = {
                 status: ResponseSpec(
                     data_container=Problem,

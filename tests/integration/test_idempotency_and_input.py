@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
@@ -254,3 +255,33 @@ async def test_register_rules(http: httpx.AsyncClient, alice: LedgerClient) -> N
     assert_problem(r, 422, "validation_error")
     r = await http.post("/api/v1/auth/register", json={"username": "a b", "password": "x" * 12})
     assert_problem(r, 422, "validation_error")
+
+
+async def test_bodies_must_be_declared_json(alice: LedgerClient, engine: Engine) -> None:
+    account = await alice.create_account()
+    body = json.dumps({"type": "deposit", "account_id": account, "amount": "1.00"})
+    # A JSON body declared as something else was parsed as JSON all the same: now 415, unread.
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"Idempotency-Key": key()}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        r = await alice.request("POST", "/api/v1/operations", content=body, headers=headers)
+        assert_problem(r, 415, "unsupported_media_type")
+    r = await alice.request(
+        "POST",
+        "/api/v1/accounts",
+        content=json.dumps({"name": "x", "type": "checking", "currency": "USD"}),
+        headers={"Content-Type": "text/plain"},
+    )
+    assert_problem(r, 415, "unsupported_media_type")
+    assert operation_count(engine, alice.user_id) == 0
+    # JSON with parameters, and +json types, are JSON.
+    for content_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        r = await alice.request(
+            "POST",
+            "/api/v1/operations",
+            content=body,
+            headers={"Content-Type": content_type, "Idempotency-Key": key()},
+        )
+        assert r.status_code == 202, r.text
+    assert operation_count(engine, alice.user_id) == 2
