@@ -86,42 +86,39 @@ async def test_concurrent_submits_share_one_insert_and_are_applied(
         assert await alice.balance(account) == "41.00"
 
 
-async def test_same_key_and_body_in_one_group_is_one_operation(
-    alice: LedgerClient, engine: Engine
-) -> None:
+async def same_key_in_one_group(
+    alice: LedgerClient, engine: Engine, amounts: tuple[str, str]
+) -> tuple[intake.Outcome, intake.Outcome]:
+    """Two deposits under one key, submitted in one event-loop turn: one group, one stored row."""
     async with in_process_api() as services:
         account = await alice.create_account()
         await warm(services, alice, account)
         k = key()
         before = services.committer.groups
         first, second = await submit_each(
-            services, UUID(alice.user_id), [(k, deposit(account)), (k, deposit(account))]
+            services, UUID(alice.user_id), [(k, deposit(account, a)) for a in amounts]
         )
         assert services.committer.groups == before + 1
-        assert isinstance(first, intake.Accepted) and isinstance(second, intake.Accepted)
-        assert sorted([first.created, second.created]) == [False, True]  # one 202, one 200 replay
-        assert first.row.id == second.row.id
         assert count_keys(engine, [k]) == 1
+        return first, second
+
+
+async def test_same_key_and_body_in_one_group_is_one_operation(
+    alice: LedgerClient, engine: Engine
+) -> None:
+    first, second = await same_key_in_one_group(alice, engine, ("1.00", "1.00"))
+    assert isinstance(first, intake.Accepted) and isinstance(second, intake.Accepted)
+    assert sorted([first.created, second.created]) == [False, True]  # one 202, one 200 replay
+    assert first.row.id == second.row.id
 
 
 async def test_same_key_other_body_in_one_group_is_refused(
     alice: LedgerClient, engine: Engine
 ) -> None:
-    async with in_process_api() as services:
-        account = await alice.create_account()
-        await warm(services, alice, account)
-        k = key()
-        before = services.committer.groups
-        first, second = await submit_each(
-            services,
-            UUID(alice.user_id),
-            [(k, deposit(account, "1.00")), (k, deposit(account, "2.00"))],
-        )
-        assert services.committer.groups == before + 1
-        assert isinstance(first, intake.Accepted) and first.created
-        assert isinstance(second, ApiError)
-        assert (second.status_code, second.code) == (422, "idempotency_key_reused")
-        assert count_keys(engine, [k]) == 1
+    first, second = await same_key_in_one_group(alice, engine, ("1.00", "2.00"))
+    assert isinstance(first, intake.Accepted) and first.created
+    assert isinstance(second, ApiError)
+    assert (second.status_code, second.code) == (422, "idempotency_key_reused")
 
 
 async def test_a_database_error_fails_exactly_its_group(
