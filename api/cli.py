@@ -184,7 +184,7 @@ def granian_command(settings: Settings) -> list[str]:
     """
     level = settings.log_level.lower()
     return [
-        sys.executable, "-m", "granian", "api.granian_app:create_app", "--factory",
+        sys.executable, "-m", "api.granian_app", "api.granian_app:create_app", "--factory",
         "--interface", "asgi",
         "--host", settings.api_host,
         "--port", str(settings.api_port),

@@ -1,13 +1,25 @@
 """What granian serves (api/cli.py granian_command): the app as uvicorn would serve it.
 
-Nothing here is imported at module level but the standard library: granian imports this module in
-each worker and calls create_app, and the handlers below must be in place before the seconds it
-takes to import the app.
+`python -m api.granian_app ARGS` runs granian's own command line (ARGS are granian's) after
+setting up the fork hooks below. Nothing here is imported at module level but the standard
+library: granian's parent runs this module, and each worker calls create_app, whose signal
+handling must be in place before the seconds it takes to import the app.
+
+Stopping while starting: granian forks its workers from its parent, whose SIGTERM and SIGINT
+handlers only tell that parent to stop, and a worker sets its own handlers only once the app is
+imported. A signal that came in between was lost (the forked worker ran the parent's handler on
+its own copy of the parent), and the worker served on until the parent killed it
+(--workers-kill-timeout), skipping the lifespan shutdown. So the parent blocks both signals
+while it forks; the child installs `hold` and only then unblocks them, so a signal sent at any
+moment after the fork is held; once granian's handlers are in place (first thing on the event
+loop, which runs the lifespan startup) the held signal is raised again: the worker starts, stops
+at once and shuts down as from any SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -18,6 +30,46 @@ if TYPE_CHECKING:
     from api.logging import RequestEdge
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Stop signals a starting worker received, raised again once granian can obey them.
+held: list[int] = []
+
+
+def hold(signum: int, frame: FrameType | None) -> None:
+    held.append(signum)
+
+
+def block_stop_signals() -> None:
+    """Before fork, in the parent: a stop signal now stays pending until unblocked."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def unblock_stop_signals() -> None:
+    """After fork, in the parent: a signal sent meanwhile is delivered to its own handler now."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def hold_stop_signals() -> None:
+    """After fork, in the worker: hold stop signals (any sent since the fork included)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, hold)
+    unblock_stop_signals()
+
+
+def register_fork_hooks() -> None:
+    """From now on, every process this one forks holds stop signals from its first instant."""
+    os.register_at_fork(
+        before=block_stop_signals,
+        after_in_parent=unblock_stop_signals,
+        after_in_child=hold_stop_signals,
+    )
+
+
+def main() -> None:
+    """granian's command line, with its workers holding stop signals from the moment they fork."""
+    register_fork_hooks()
+    from granian.cli import entrypoint
+
+    entrypoint()
 
 
 def behind_proxies(app: RequestEdge, trusted_proxies: str) -> RequestEdge | ProxyHeadersMiddleware:
@@ -42,19 +94,9 @@ def create_app() -> RequestEdge | ProxyHeadersMiddleware:
     middleware the client address and scheme the app sees, and the work done per request, are the
     same under either server.
 
-    Stopping while starting: granian forks its workers from its parent process, whose SIGTERM and
-    SIGINT handlers only tell that parent to stop, and a worker sets its own handlers only after
-    this returns. A signal that came while the worker imported the app was lost, and the worker
-    served on until the parent killed it (--workers-kill-timeout), skipping the lifespan shutdown.
-    So the signal is held here and raised again once granian's handlers are in place (first thing
-    on the event loop, which runs the lifespan startup): the worker then starts, stops at once and
-    shuts down as from any SIGTERM.
+    Stop signals: see the module docstring.
     """
-    held: list[int] = []
-
-    def hold(signum: int, frame: FrameType | None) -> None:
-        held.append(signum)
-
+    # Already so when forked by main's hooks; not when granian starts workers by spawning.
     for signum in STOP_SIGNALS:
         signal.signal(signum, hold)
 
@@ -69,3 +111,11 @@ def create_app() -> RequestEdge | ProxyHeadersMiddleware:
     from worker.settings import get_settings
 
     return behind_proxies(create_edge(), get_settings().trusted_proxies)
+
+
+if __name__ == "__main__":
+    # Run as the module create_app is loaded from (not as __main__, a second copy with its own
+    # `held`), so the fork hooks and create_app share one list.
+    from api.granian_app import main as imported_main
+
+    imported_main()

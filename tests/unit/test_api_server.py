@@ -73,7 +73,7 @@ def test_granian_command_line() -> None:
         )
     )
     assert argv == [
-        sys.executable, "-m", "granian", "api.granian_app:create_app", "--factory",
+        sys.executable, "-m", "api.granian_app", "api.granian_app:create_app", "--factory",
         "--interface", "asgi",
         "--host", "0.0.0.0", "--port", "9001", "--workers", "3",
         "--workers-kill-timeout", "30",
@@ -93,7 +93,7 @@ def test_granian_understands_its_command_line() -> None:
     from granian.constants import HTTPModes, Interfaces, Loops
 
     argv = api_command(settings(LEDGERQ_API_SERVER="granian", LEDGERQ_API_WORKERS="2"))
-    assert argv[1:3] == ["-m", "granian"]
+    assert argv[1:3] == ["-m", "api.granian_app"]
     # Parsed as granian would, without serving: unknown options or bad values raise here.
     ctx = cli.make_context("granian", argv[3:])
     params = ctx.params
@@ -190,3 +190,32 @@ def test_granian_wraps_the_app_only_when_a_proxy_is_trusted() -> None:
     assert isinstance(wrapped, ProxyHeadersMiddleware) and wrapped.app is app
     assert "10.1.2.3" in wrapped.trusted_hosts and "127.0.0.2" not in wrapped.trusted_hosts
     assert behind_proxies(app, "*").trusted_hosts.always_trust  # type: ignore[union-attr]
+
+
+FORK_RACE = """
+import os, signal, sys, time
+from api import granian_app
+
+parent_saw = []
+signal.signal(signal.SIGTERM, lambda signum, frame: parent_saw.append(signum))
+granian_app.register_fork_hooks()
+pid = os.fork()
+if pid == 0:
+    # The worker, as if still importing the app when its parent passes SIGTERM on.
+    time.sleep(0.5)
+    os._exit(0 if granian_app.held == [signal.SIGTERM] and not parent_saw else 1)
+os.kill(pid, signal.SIGTERM)  # at once: before the child could have run any code of its own
+os.kill(os.getpid(), signal.SIGTERM)  # the parent's own handler still gets its signals
+_, status = os.waitpid(pid, 0)
+time.sleep(0.1)
+print(os.waitstatus_to_exitcode(status), parent_saw == [signal.SIGTERM])
+"""
+
+
+def test_a_stop_signal_sent_the_moment_a_granian_worker_forks_is_held() -> None:
+    # CI once lost a SIGTERM that reached a granian worker between its fork and the app's import:
+    # the worker ran on until killed. With the hooks, the signal waits for the worker's handler.
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_RACE], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.split() == ["0", "True"], out.stderr
