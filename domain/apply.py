@@ -28,9 +28,14 @@ from domain.model import (
 )
 from domain.money import exponent
 
-# Balances are stored as BIGINT (max ~9.2e18); refusing anything beyond 1e18 keeps every
-# arithmetic step of the storage layer far from overflow.
+# A customer account's balance stays within +-1e18 minor units (balance_limit_exceeded).
 MAX_BALANCE = 10**18
+# System accounts (world, custody) are not customers: each holds the other side of every customer
+# of its currency on its shard, so the customer limit does not apply to them (under it, one
+# customer's deposits could use up a world shard, and every other deposit routed through that
+# shard failed). Only storage bounds them: balances are BIGINT, and a posting that would not fit
+# fails alone here instead of failing the whole batch in the database.
+SYSTEM_MAX_BALANCE = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +90,8 @@ def apply_operation(
     account -> to_account. Checks run in this order: accounts exist (account_not_found),
     a transfer's accounts differ (same_account), every account is in op.currency
     (currency_mismatch), a debited customer account stays at or above -overdraft_limit
-    (insufficient_funds), no balance passes +-MAX_BALANCE (balance_limit_exceeded).
+    (insufficient_funds), no customer balance passes +-MAX_BALANCE and no system balance
+    passes +-SYSTEM_MAX_BALANCE (balance_limit_exceeded).
 
     Raises ValueError for a malformed operation (amount <= 0, a transfer without
     to_account_id, to_account_id on another type) and KeyError when `world` has no entry
@@ -130,7 +136,7 @@ def _move(
     if debit.kind in CUSTOMER_KINDS and debit_after < -debit.overdraft_limit:
         return _reject(op, INSUFFICIENT_FUNDS, f"account {debit.id} has insufficient funds")
     for account, after in ((debit, debit_after), (credit, credit_after)):
-        if abs(after) > MAX_BALANCE:
+        if abs(after) > (MAX_BALANCE if account.kind in CUSTOMER_KINDS else SYSTEM_MAX_BALANCE):
             return _reject(op, BALANCE_LIMIT, f"account {account.id} would pass the balance limit")
 
     postings = (

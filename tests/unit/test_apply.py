@@ -4,7 +4,14 @@ from uuid import UUID
 
 import pytest
 
-from domain.apply import MAX_BALANCE, Applied, Rejected, apply_batch, apply_operation
+from domain.apply import (
+    MAX_BALANCE,
+    SYSTEM_MAX_BALANCE,
+    Applied,
+    Rejected,
+    apply_batch,
+    apply_operation,
+)
 from domain.errors import (
     ACCOUNT_NOT_FOUND,
     BALANCE_LIMIT,
@@ -200,8 +207,11 @@ def test_balance_limit_on_the_credited_account() -> None:
 
 
 def test_balance_limit_on_a_debited_system_account() -> None:
+    # A system account is not held to the customer limit (issue 13.1), only to what BIGINT holds.
     balances = make_balances()
     balances[WORLD_USD] = Account(WORLD_USD, AccountKind.WORLD, "USD", -MAX_BALANCE)
+    applied(deposit(ALICE, 1), balances)
+    balances[WORLD_USD] = Account(WORLD_USD, AccountKind.WORLD, "USD", -SYSTEM_MAX_BALANCE)
     assert rejected(deposit(ALICE, 1), balances).code == BALANCE_LIMIT
 
 
