@@ -15,13 +15,14 @@ class BenchError(Exception):
     """The bench cannot run as asked (target unreachable, bad credentials, missing URL)."""
 
 
-WORKLOADS = ("spread", "hot", "transfers", "read", "drain", "verify")
+WORKLOADS = ("spread", "hot", "transfers", "mixed", "read", "drain", "verify")
 
 # Accounts per workload when --accounts is not given: hot is one account by definition.
 DEFAULT_ACCOUNTS = {
     "spread": 10_000,
     "hot": 1,
     "transfers": 10_000,
+    "mixed": 10_000,
     "read": 10_000,
     "drain": 10_000,
     "verify": 0,

@@ -108,8 +108,8 @@ def _check(args: argparse.Namespace) -> None:
         raise BenchError("--baseline goes with the drain workload")
     if args.accounts is not None and args.accounts < 1:
         raise BenchError("--accounts must be at least 1")
-    if args.workload == "transfers" and (args.accounts or 2) < 2:
-        raise BenchError("transfers need --accounts of at least 2")
+    if args.workload in ("transfers", "mixed") and (args.accounts or 2) < 2:
+        raise BenchError(f"{args.workload} needs --accounts of at least 2")
 
 
 def _configure_environment(args: argparse.Namespace) -> None:

@@ -17,7 +17,7 @@ DEPOSIT_CENTS = (100, 10_000)
 WITHDRAWAL_CENTS = (100, 5_000)
 TRANSFER_CENTS = (1, 1_000)
 
-HTTP_WORKLOADS = ("spread", "hot", "transfers", "read")
+HTTP_WORKLOADS = ("spread", "hot", "transfers", "mixed", "read")
 _JSON = {"Content-Type": "application/json"}
 _encode = msgspec.json.Encoder().encode
 
@@ -44,8 +44,13 @@ def transfer(rng: random.Random, accounts: Sequence[UUID]) -> OpSpec:
     return OpSpec("transfer", accounts[source], rng.randint(*TRANSFER_CENTS), accounts[target])
 
 
+def mixed(rng: random.Random, accounts: Sequence[UUID]) -> OpSpec:
+    """The soak's money mix: a third transfers, the rest deposits and withdrawals."""
+    return transfer(rng, accounts) if rng.random() < 1 / 3 else deposit_or_withdrawal(rng, accounts)
+
+
 def mix_for(workload: str) -> Callable[[random.Random, Sequence[UUID]], OpSpec]:
-    return transfer if workload == "transfers" else deposit_or_withdrawal
+    return {"transfers": transfer, "mixed": mixed}.get(workload, deposit_or_withdrawal)
 
 
 def amount_text(cents: int) -> str:
@@ -75,8 +80,8 @@ class RequestFactory:
     rng: random.Random
 
     def __post_init__(self) -> None:
-        if self.workload == "transfers" and len(self.accounts) < 2:
-            raise ValueError("transfers need at least 2 accounts")
+        if self.workload in ("transfers", "mixed") and len(self.accounts) < 2:
+            raise ValueError(f"{self.workload} needs at least 2 accounts")
         self._mix = mix_for(self.workload)
 
     @property
