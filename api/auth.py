@@ -15,6 +15,7 @@ import hmac
 import os
 import secrets
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -77,6 +78,16 @@ class Principal:
 
 def user_principal(user_id: UUID, username: str, method: Method) -> Principal:
     return Principal(id=user_id, username=username, method=method, scopes=USER_SCOPES)
+
+
+# The principal of the request being served, set by the authentication middleware. Intake reads
+# it to count deposits against the API key a request came with (api/intake.py); each request runs
+# in a task of its own, so the value never outlives its request.
+_current_principal: ContextVar[Principal | None] = ContextVar("principal", default=None)
+
+
+def current_principal() -> Principal | None:
+    return _current_principal.get()
 
 
 # ---------------------------------------------------------------- access rules: the one table
@@ -452,6 +463,7 @@ class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
                 raise unauthenticated("Use HTTP Basic, a Bearer token or an X-API-Key.")
         else:
             raise unauthenticated("Authentication required.")
+        _current_principal.set(principal)
         return AuthenticationResult(user=principal, auth=principal.method)
 
 

@@ -9,6 +9,12 @@ written, everything that arrives forms the next group, written in one multi-row 
 transaction) as soon as the previous group committed. Each submit is answered only after its
 group committed. Under load a commit (one WAL flush, one round trip) is shared by every request
 that arrived during the previous one; idle, a submit costs what a lone INSERT costs.
+
+Deposit limits are checked here, once per group, not per request: a group holding deposits of
+limited principals locks their limit rows, stores its operations, judges each request's new
+deposits against the rolling windows and writes them back, in one transaction (two pipelined
+round trips instead of one; worker/store/queries.py insert_operations_limited). A request over a
+limit is refused whole, nothing of it stored; the other requests of its group are not affected.
 """
 
 from __future__ import annotations
@@ -20,7 +26,13 @@ from typing import Generic, TypeVar
 import structlog
 
 from worker.store.fast import FastStore
-from worker.store.queries import NewOperation, OperationKey, Record, insert_operations
+from worker.store.queries import (
+    NewOperation,
+    OperationKey,
+    Record,
+    Stored,
+    insert_operations_limited,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -63,10 +75,14 @@ class Grouped(Generic[T, R]):
         finally:
             self._flusher = None
 
+    async def _call_group(self, submitted: list[Sequence[T]]) -> R:
+        """The group's one call, given each caller's items apart (here: all of them as one list)."""
+        return await self._call([item for items in submitted for item in items])
+
     async def _run(self, group: list[tuple[Sequence[T], asyncio.Future[R]]]) -> None:
         items = [item for submitted, _ in group for item in submitted]
         try:
-            result = await self._call(items)
+            result = await self._call_group([submitted for submitted, _ in group])
         except Exception as exc:
             log.warning("group_failed", items=len(items), error=str(exc))
             for _, future in group:
@@ -82,14 +98,29 @@ class Grouped(Generic[T, R]):
                 future.set_result(result)
 
 
+class GroupCommitter(Grouped[NewOperation, dict[OperationKey, Record]]):
+    """Intake's writer. Each caller's operations are one request, which a deposit limit takes or
+    refuses whole; the shared result is a `Stored`, whose `refused` names the operations of the
+    requests refused."""
+
+    def __init__(self, fast: FastStore, committed: Callable[[Iterable[int]], None]) -> None:
+        def created_partitions(
+            news: list[NewOperation], stored: dict[OperationKey, Record]
+        ) -> None:
+            ids = {new.id for new in news}
+            committed({row.partition for row in stored.values() if row.id in ids})
+
+        super().__init__(lambda news: insert_operations_limited(fast, [news]), created_partitions)
+        self._fast = fast
+
+    async def _call_group(self, submitted: list[Sequence[NewOperation]]) -> Stored:
+        return await insert_operations_limited(self._fast, submitted)
+
+
 def group_commit(
     fast: FastStore, committed: Callable[[Iterable[int]], None]
 ) -> Grouped[NewOperation, dict[OperationKey, Record]]:
-    """Intake's writer: each group is one multi-row INSERT, one transaction (all or nothing);
-    `committed` learns the partitions that received new operations, once they are durable."""
-
-    def created_partitions(news: list[NewOperation], stored: dict[OperationKey, Record]) -> None:
-        ids = {new.id for new in news}
-        committed({row.partition for row in stored.values() if row.id in ids})
-
-    return Grouped(lambda news: insert_operations(fast, news), created_partitions)
+    """Intake's writer: each group is one multi-row INSERT, one transaction (all or nothing;
+    with limited deposits, the limit check joins that transaction); `committed` learns the
+    partitions that received new operations, once they are durable."""
+    return GroupCommitter(fast, committed)

@@ -2,6 +2,12 @@
 
 Single submits and batch submits share this path; a single submit is a batch of one whose error
 is raised instead of reported per item.
+
+Deposits count against the submitter's deposit limits (domain/limits.py): the user's, and the API
+key's when the request came with one. The check runs in the group commit (api/groupcommit.py),
+once per group; a request whose new deposits would pass a limit is refused whole with
+`deposit_limit_exceeded` (422 when it can never fit, 429 with Retry-After when it fits once
+earlier deposits leave the rolling day), and nothing of it is stored.
 """
 
 from __future__ import annotations
@@ -13,17 +19,20 @@ from uuid import UUID
 import psycopg
 import structlog
 
+from api.auth import current_principal
 from api.errors import ApiError, from_domain_error
 from api.schemas import OperationRequest
 from api.state import Services
 from domain.errors import DomainError
 from domain.idempotency import request_fingerprint
+from domain.limits import DAILY, Limits, Refusal
 from domain.model import CUSTOMER_KINDS
-from domain.money import parse_amount
+from domain.money import format_amount, parse_amount
 from domain.returns import parse_scaled
 from worker.routing import partition_for
+from worker.settings import Settings
 from worker.store import queries
-from worker.store.queries import NewOperation, OperationKey, Record
+from worker.store.queries import NewOperation, OperationKey, Record, Stored
 
 log = structlog.get_logger(__name__)
 
@@ -85,12 +94,21 @@ def prepare(
     accounts: dict[UUID, Record],
     partitions: int,
     asset_currencies: dict[UUID, str],
+    *,
+    limits: Limits | None = None,
+    api_key_id: UUID | None = None,
+    any_owner: bool = False,
 ) -> NewOperation | ApiError:
+    """The operation to store for a submission, or why not. `limits` (deposits: the defaults where
+    the admin set none; None: not limited) and `api_key_id` travel with it to the group commit.
+    `any_owner`: the admin's deposits, into any customer account."""
     data = submission.request
     if (error := check_shape(data)) is not None:
         return error
     account = accounts.get(data.account_id)
-    if account is None or account.owner_id != principal_id:
+    if any_owner and account is not None and account.kind not in CUSTOMER_KINDS:
+        account = None
+    if account is None or (account.owner_id != principal_id and not any_owner):
         # Someone else's account is indistinguishable from a missing one.
         return ApiError(404, "account_not_found", "No such account.", field="account_id")
     try:
@@ -145,6 +163,53 @@ def prepare(
         description=data.description,
         asset_id=data.asset_id,
         quantity=quantity,
+        limits=limits,
+        api_key_id=api_key_id,
+    )
+
+
+def default_limits(settings: Settings) -> Limits:
+    """LEDGERQ_DEPOSIT_MAX_PER_OPERATION and LEDGERQ_DEPOSIT_DAILY_LIMIT."""
+    return Limits(settings.deposit_max_per_operation, settings.deposit_daily_limit)
+
+
+def limit_exceeded(refusal: Refusal) -> ApiError:
+    """The problem a request refused by a deposit limit answers: 422 when it can never fit, 429
+    with Retry-After when it fits once earlier deposits have left the rolling day."""
+    currency = refusal.currency
+
+    def money(minor: int) -> str:
+        return format_amount(minor, currency)
+
+    whose = "your user" if refusal.subject.kind == "user" else "this API key"
+    if refusal.limit == DAILY:
+        detail = (
+            f"This request deposits {money(refusal.requested)} {currency}; {whose} may deposit "
+            f"{money(refusal.limit_amount)} {currency} in any 24 hours, "
+            f"{money(refusal.remaining)} {currency} more now."
+        )
+    else:
+        detail = (
+            f"A deposit of {money(refusal.requested)} {currency} is over the largest {whose} may "
+            f"make, {money(refusal.limit_amount)} {currency}."
+        )
+    headers = None
+    if refusal.retry_after is not None:
+        detail += f" It fits in {refusal.retry_after} seconds."
+        headers = {"Retry-After": str(refusal.retry_after)}
+    return ApiError(
+        429 if refusal.retry_after is not None else 422,
+        "deposit_limit_exceeded",
+        detail + " Nothing of this request was stored.",
+        headers=headers,
+        extra={
+            "limit": refusal.limit,
+            "limit_scope": refusal.subject.kind,
+            "currency": currency,
+            "limit_amount": money(refusal.limit_amount),
+            "requested": money(refusal.requested),
+            "remaining": money(refusal.remaining),
+        },
     )
 
 
@@ -158,13 +223,24 @@ def key_reused(row: Record) -> ApiError:
 
 
 async def submit(
-    services: Services, principal_id: UUID, submissions: Sequence[Submission]
+    services: Services,
+    principal_id: UUID,
+    submissions: Sequence[Submission],
+    *,
+    admin: bool = False,
 ) -> list[Outcome]:
     """Validate each submission, store the valid ones with their process's next group commit.
 
+    Deposits count against the limits of `principal_id` and of the API key the request was
+    authenticated with (auth.current_principal); a request over a limit raises ApiError
+    deposit_limit_exceeded, nothing of it stored. `admin`: the admin's deposits, into any
+    customer account and past every limit (api/controllers/admin.py).
     The partitions are rung after the commit, off the request path (api/ringer.py).
     """
     settings = services.settings
+    caller = current_principal()
+    api_key_id = caller.api_key_id if caller is not None and caller.id == principal_id else None
+    limits = None if admin else default_limits(settings)
     referenced: set[UUID] = set()
     for s in submissions:
         referenced.add(s.request.account_id)
@@ -176,7 +252,16 @@ async def submit(
     asset_ids = {s.request.asset_id for s in submissions if s.request.asset_id is not None}
     asset_currencies = await queries.asset_currencies(services.fast, asset_ids) if asset_ids else {}
     for s in submissions:
-        prepared = prepare(principal_id, s, accounts, settings.partitions, asset_currencies)
+        prepared = prepare(
+            principal_id,
+            s,
+            accounts,
+            settings.partitions,
+            asset_currencies,
+            limits=limits,
+            api_key_id=api_key_id,
+            any_owner=admin,
+        )
         if isinstance(prepared, NewOperation) and services.backlog.is_full(prepared.partition):
             prepared = ApiError(
                 503,
@@ -198,6 +283,10 @@ async def submit(
             "The operation could not be stored; nothing was written. Retry with the same Idempotency-Key.",
             headers={"Retry-After": "1"},
         ) from exc
+    if isinstance(stored, Stored) and stored.refused:
+        refusal = next((stored.refused[n.id] for n in news if n.id in stored.refused), None)
+        if refusal is not None:
+            raise limit_exceeded(refusal)
     return [judge(o, stored) if isinstance(o, NewOperation) else o for o in outcomes]
 
 

@@ -125,6 +125,18 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var("LEDGERQ_TOKEN_TTL", "900", "Bearer token lifetime in seconds."),
     Var(
+        "LEDGERQ_DEPOSIT_MAX_PER_OPERATION",
+        "1000000000000000",
+        "Largest deposit, in minor units of its currency, a user or API key may make (the admin "
+        "may set their own per currency).",
+    ),
+    Var(
+        "LEDGERQ_DEPOSIT_DAILY_LIMIT",
+        "10000000000000000",
+        "Most a user or API key may deposit in any 24 hours, in minor units, per currency (the "
+        "admin may set their own per currency).",
+    ),
+    Var(
         "LEDGERQ_RATE_LIMIT",
         "1200",
         "Requests per principal (or per client address, unauthenticated) per window; an API key "
@@ -257,6 +269,9 @@ class Settings:
     secret_key: str | None
     master_key: str | None
     token_ttl: int
+    # Deposit limits' defaults, in minor units of each currency (domain/limits.py).
+    deposit_max_per_operation: int
+    deposit_daily_limit: int
     rate_limit: int
     rate_limit_window: int
     login_max_failures: int
@@ -315,6 +330,8 @@ class Settings:
             secret_key=_secret(env, "LEDGERQ_SECRET_KEY"),
             master_key=_secret(env, "LEDGERQ_MASTER_KEY"),
             token_ttl=number("LEDGERQ_TOKEN_TTL", 10, 86_400),
+            deposit_max_per_operation=number("LEDGERQ_DEPOSIT_MAX_PER_OPERATION", 1, 10**18),
+            deposit_daily_limit=number("LEDGERQ_DEPOSIT_DAILY_LIMIT", 1, 10**18),
             rate_limit=number("LEDGERQ_RATE_LIMIT", 0, 100_000_000),
             rate_limit_window=number("LEDGERQ_RATE_LIMIT_WINDOW", 1, 86_400),
             login_max_failures=number("LEDGERQ_LOGIN_MAX_FAILURES", 1, 1_000_000),

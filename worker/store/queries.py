@@ -6,7 +6,7 @@ import datetime as dt
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -17,12 +17,15 @@ from sqlalchemy.dialects.postgresql import UUID as PGUUID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from domain import limits as deposit_limits_rules
+from domain.limits import Claim, Key, Limits, Refusal, Subject, Window
 from worker.store.db import UNIQUE_VIOLATION, sqlstate
 from worker.store.fast import Compiled, FastStore
 from worker.store.tables import (
     DEBIT_TYPES_SQL,
     accounts,
     assets,
+    deposit_limits,
     entries,
     operations,
     users,
@@ -219,9 +222,18 @@ class NewOperation:
     description: str | None
     asset_id: UUID | None = None
     quantity: int | None = None
+    # Deposits: the limits that apply where the admin set none for the user (or the key), and the
+    # API key that submitted it, whose limits count too (domain/limits.py). `limits` None: not
+    # limited (the admin's deposits, and every other type).
+    limits: Limits | None = None
+    api_key_id: UUID | None = None
     # Chosen before the INSERT: the submission whose id the stored row carries is the one that
     # created it; any other submission with the same key is a replay or a conflict.
     id: UUID = field(default_factory=new_id)
+
+    @property
+    def limited(self) -> bool:
+        return self.limits is not None and self.type == "deposit"
 
 
 # Idempotency keys are unique per principal.
@@ -271,6 +283,28 @@ _OPERATIONS_BY_KEYS = Compiled(
 )
 
 
+def _first_of_each_key(news: Sequence[NewOperation]) -> dict[OperationKey, NewOperation]:
+    first: dict[OperationKey, NewOperation] = {}
+    for new in news:
+        first.setdefault((new.principal_id, new.idempotency_key), new)
+    return first
+
+
+def _insert_params(rows: Sequence[NewOperation]) -> dict[str, list[Any]]:
+    return {name: [getattr(new, name) for new in rows] for name in _NEW_OPERATION_COLUMNS}
+
+
+def _keys_params(missing: Sequence[OperationKey]) -> dict[str, list[Any]]:
+    return {
+        "principal_id": [principal for principal, _ in missing],
+        "idempotency_key": [key for _, key in missing],
+    }
+
+
+def _by_key(rows: Iterable[Record]) -> dict[OperationKey, Record]:
+    return {(r.principal_id, r.idempotency_key): r for r in rows}
+
+
 async def insert_operations(
     db: FastStore, news: Sequence[NewOperation]
 ) -> dict[OperationKey, Record]:
@@ -283,26 +317,223 @@ async def insert_operations(
     transaction (the unique index makes this INSERT wait for it to commit, then skip the row), is
     read back by a second statement.
     """
-    first: dict[OperationKey, NewOperation] = {}
-    for new in news:
-        first.setdefault((new.principal_id, new.idempotency_key), new)
+    first = _first_of_each_key(news)
     if not first:
         return {}
-    rows = list(first.values())
-    params = {name: [getattr(new, name) for new in rows] for name in _NEW_OPERATION_COLUMNS}
-    created = await db.all(_INSERT_OPERATIONS, params)
-    stored: dict[OperationKey, Record] = {(r.principal_id, r.idempotency_key): r for r in created}
+    stored = _by_key(await db.all(_INSERT_OPERATIONS, _insert_params(list(first.values()))))
     missing = [key for key in first if key not in stored]
     if missing:
-        existing = await db.all(
-            _OPERATIONS_BY_KEYS,
-            {
-                "principal_id": [principal for principal, _ in missing],
-                "idempotency_key": [key for _, key in missing],
-            },
-        )
-        stored.update({(r.principal_id, r.idempotency_key): r for r in existing})
+        stored.update(_by_key(await db.all(_OPERATIONS_BY_KEYS, _keys_params(missing))))
     return stored
+
+
+# ---------------------------------------------------------------- deposit limits at intake
+
+
+class Stored(dict[OperationKey, Record]):
+    """What a group commit stored, per (principal, key), and what it refused: `refused` maps the
+    id of every NewOperation of a request refused whole (a deposit limit) to why. Nothing a
+    refused request created is stored."""
+
+    def __init__(
+        self,
+        rows: Mapping[OperationKey, Record] | None = None,
+        refused: Mapping[UUID, Refusal] | None = None,
+    ) -> None:
+        super().__init__(rows or {})
+        self.refused: dict[UUID, Refusal] = dict(refused or {})
+
+
+# Deposit limit rows of the group's subjects: created on first use, then locked in key order
+# (the lock serialises the group commits of one subject across API processes; the SELECT runs
+# after the INSERT, so its snapshot holds rows another transaction created meanwhile, and FOR
+# UPDATE returns each row's latest version). The database's clock dates the deposits.
+_subjects = (
+    sa.func.unnest(
+        sa.cast(sa.bindparam("subject_ids"), ARRAY(PGUUID(as_uuid=True))),
+        sa.cast(sa.bindparam("currencies"), ARRAY(sa.Text)),
+        sa.cast(sa.bindparam("kinds"), ARRAY(sa.Text)),
+    )
+    .table_valued("subject_id", "currency", "subject_kind")
+    .render_derived(name="s")
+)
+_CREATE_LIMIT_ROWS = Compiled(
+    insert(deposit_limits)
+    .from_select(
+        ["subject_id", "currency", "subject_kind"],
+        sa.select(_subjects.c.subject_id, _subjects.c.currency, _subjects.c.subject_kind),
+    )
+    .on_conflict_do_nothing(index_elements=["subject_id", "currency"])
+)
+_LIMIT_COLUMNS = (
+    deposit_limits.c.subject_id,
+    deposit_limits.c.subject_kind,
+    deposit_limits.c.currency,
+    deposit_limits.c.per_operation,
+    deposit_limits.c.daily,
+    deposit_limits.c.window_head,
+    deposit_limits.c.window_sums,
+    sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Float).label("now"),
+)
+_LOCK_LIMIT_ROWS = Compiled(
+    sa.select(*_LIMIT_COLUMNS)
+    .where(
+        sa.tuple_(deposit_limits.c.subject_id, deposit_limits.c.currency).in_(
+            sa.select(_subjects.c.subject_id, _subjects.c.currency)
+        )
+    )
+    .order_by(deposit_limits.c.subject_id, deposit_limits.c.currency)
+    .with_for_update()
+)
+_SAVE_WINDOWS = Compiled(
+    sa.text(
+        """
+        UPDATE deposit_limits AS d
+        SET window_head = v.head, window_sums = CAST(v.sums AS bigint[]),
+            updated_at = clock_timestamp()
+        FROM unnest(
+            CAST(:subject_ids AS uuid[]), CAST(:currencies AS text[]),
+            CAST(:heads AS bigint[]), CAST(:sums AS text[])
+        ) AS v(subject_id, currency, head, sums)
+        WHERE d.subject_id = v.subject_id AND d.currency = v.currency
+        """
+    )
+)
+_DELETE_OPERATIONS = Compiled(
+    sa.text("DELETE FROM operations WHERE id = ANY(CAST(:ids AS uuid[]))")
+)
+
+
+def subjects_of(new: NewOperation) -> tuple[Subject, ...]:
+    """Whose limits a deposit counts against: its user's, and its API key's if it came with one."""
+    user = Subject(deposit_limits_rules.USER, new.principal_id)
+    if new.api_key_id is None:
+        return (user,)
+    return (user, Subject(deposit_limits_rules.API_KEY, new.api_key_id))
+
+
+def window_of(row: Record) -> Window:
+    return Window(int(row.window_head), tuple(int(s) for s in row.window_sums))
+
+
+async def insert_operations_limited(
+    db: FastStore, requests: Sequence[Sequence[NewOperation]]
+) -> Stored:
+    """A group commit that counts deposits against their subjects' limits: the operations of
+    `requests` (one sequence per submitting request, in arrival order) are stored in one
+    transaction, except every operation of a request whose new deposits would pass a limit.
+
+    Without a limited deposit this is insert_operations (one statement). With one: the
+    subjects' limit rows are locked, the operations inserted, the new deposits judged request by
+    request (domain.limits.judge; replays count nothing), the windows written and what refused
+    requests created deleted, in one transaction: two round trips (pipelined) and a third when
+    a key was stored before. A request that shared a key with a refused one lost its row with it:
+    it is refused too, with the same reason.
+    """
+    news = [new for request in requests for new in request]
+    if not any(new.limited for new in news):
+        return Stored(await insert_operations(db, news))
+    first = _first_of_each_key(news)
+    pairs: dict[Key, Limits] = {}
+    for new in news:
+        if new.limited:
+            assert new.limits is not None
+            for subject in subjects_of(new):
+                pairs.setdefault((subject, new.currency), new.limits)
+    ordered = sorted(pairs, key=lambda pair: (pair[0].id, pair[1]))
+    subjects = {
+        "subject_ids": [subject.id for subject, _ in ordered],
+        "currencies": [currency for _, currency in ordered],
+        "kinds": [subject.kind for subject, _ in ordered],
+    }
+    async with db.pool.connection() as conn, conn.pipeline() as pipeline, conn.transaction():
+        await conn.execute(_CREATE_LIMIT_ROWS.sql, _CREATE_LIMIT_ROWS.bind(subjects))
+        locking = await conn.execute(_LOCK_LIMIT_ROWS.sql, _LOCK_LIMIT_ROWS.bind(subjects))
+        inserting = await conn.execute(
+            _INSERT_OPERATIONS.sql, _INSERT_OPERATIONS.bind(_insert_params(list(first.values())))
+        )
+        await pipeline.sync()
+        limit_rows = await locking.fetchall()
+        stored = _by_key(await inserting.fetchall())
+        missing = [key for key in first if key not in stored]
+        if missing:
+            cursor = await conn.execute(
+                _OPERATIONS_BY_KEYS.sql, _OPERATIONS_BY_KEYS.bind(_keys_params(missing))
+            )
+            await pipeline.sync()
+            stored.update(_by_key(await cursor.fetchall()))
+        windows: dict[Key, Window] = {}
+        limits: dict[Key, Limits] = {}
+        for row in limit_rows:
+            pair = (Subject(row.subject_kind, row.subject_id), row.currency)
+            windows[pair] = window_of(row)
+            limits[pair] = pairs[pair].overridden(row.per_operation, row.daily)
+        now = max(row.now for row in limit_rows)
+        refused, changed, deleted = _judge_requests(requests, stored, windows, limits, now)
+        if changed:
+            keys = sorted(changed, key=lambda pair: (pair[0].id, pair[1]))
+            params = {
+                "subject_ids": [subject.id for subject, _ in keys],
+                "currencies": [currency for _, currency in keys],
+                "heads": [changed[k].head for k in keys],
+                "sums": ["{" + ",".join(map(str, changed[k].sums)) + "}" for k in keys],
+            }
+            await conn.execute(_SAVE_WINDOWS.sql, _SAVE_WINDOWS.bind(params))
+        if deleted:
+            await conn.execute(
+                _DELETE_OPERATIONS.sql, _DELETE_OPERATIONS.bind({"ids": sorted(deleted)})
+            )
+    kept = {key: row for key, row in stored.items() if row.id not in deleted}
+    return Stored(kept, refused)
+
+
+def _judge_requests(
+    requests: Sequence[Sequence[NewOperation]],
+    stored: Mapping[OperationKey, Record],
+    windows: Mapping[Key, Window],
+    limits: Mapping[Key, Limits],
+    now: float,
+) -> tuple[dict[UUID, Refusal], dict[Key, Window], set[UUID]]:
+    """(refusal per NewOperation id of every refused request, changed windows, ids of the rows
+    refused requests created). Requests are judged in order; one whose rows went with a refused
+    request is refused too, and the judgement runs again without it until nothing changes."""
+
+    def row_of(new: NewOperation) -> Record:
+        return stored[(new.principal_id, new.idempotency_key)]
+
+    forced: dict[int, Refusal] = {}
+    while True:
+        judged = [i for i in range(len(requests)) if i not in forced]
+        # A request's operations share their principal and key; replays are not claimed.
+        claims = [
+            Claim(
+                subjects_of(requests[i][0]) if requests[i] else (),
+                tuple(
+                    (new.currency, new.amount)
+                    for new in requests[i]
+                    if new.limited and row_of(new).id == new.id
+                ),
+            )
+            for i in judged
+        ]
+        verdicts, changed = deposit_limits_rules.judge(claims, windows, limits, now)
+        refusals = dict(forced)
+        refusals.update({i: v for i, v in zip(judged, verdicts, strict=True) if v is not None})
+        created_by = {
+            row_of(new).id: i for i in refusals for new in requests[i] if row_of(new).id == new.id
+        }
+        dependents = {
+            i: refusals[created_by[row_of(new).id]]
+            for i in range(len(requests))
+            if i not in refusals
+            for new in requests[i]
+            if row_of(new).id in created_by
+        }
+        if not dependents:
+            break
+        forced.update(dependents)
+    refused = {new.id: refusal for i, refusal in refusals.items() for new in requests[i]}
+    return refused, changed, set(created_by)
 
 
 _ACCOUNTS_BY_IDS = Compiled(

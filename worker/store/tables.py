@@ -205,10 +205,36 @@ api_keys = sa.Table(
     sa.Column("rate_limit", sa.Integer, nullable=True),
     _timestamp("created_at"),
     _timestamp("last_used_at", nullable=True),
+    # From this moment the key is refused like an unknown one; NULL: it does not expire.
+    _timestamp("expires_at", nullable=True),
     # Revoked keys stay for the record, but no lookup ever finds them.
     _timestamp("revoked_at", nullable=True),
     sa.CheckConstraint("rate_limit IS NULL OR rate_limit > 0", name="rate_limit_positive"),
     # One indexed lookup per request, over live keys only.
     sa.Index("ix_api_keys_live_prefix", "prefix", postgresql_where=sa.text("revoked_at IS NULL")),
     sa.Index("ix_api_keys_user_id_id", "user_id", "id"),
+)
+
+# Deposit limits (domain/limits.py), one row per subject (a user or an API key) and currency: the
+# admin's own limits for it (NULL: the LEDGERQ_DEPOSIT_* default) and its rolling day of deposits,
+# sums per 15-minute bucket, the last one being bucket `window_head`. Intake locks a subject's row
+# in the group commit that stores its deposits, so the window is exact across API processes.
+deposit_limits = sa.Table(
+    "deposit_limits",
+    metadata,
+    # A users.id or an api_keys.id (both UUIDv7, never equal), as subject_kind says.
+    sa.Column("subject_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("currency", sa.String(3), primary_key=True),
+    sa.Column("subject_kind", sa.Text, nullable=False),
+    sa.Column("per_operation", sa.BigInteger, nullable=True),
+    sa.Column("daily", sa.BigInteger, nullable=True),
+    sa.Column("window_head", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("window_sums", ARRAY(sa.BigInteger), nullable=False, server_default="{}"),
+    _timestamp("updated_at"),
+    sa.CheckConstraint("subject_kind IN ('user', 'api_key')", name="subject_kind"),
+    sa.CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency"),
+    sa.CheckConstraint(
+        "(per_operation IS NULL OR per_operation > 0) AND (daily IS NULL OR daily > 0)",
+        name="limits_positive",
+    ),
 )
