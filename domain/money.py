@@ -132,6 +132,31 @@ def parse_amount(value: Decimal | str | int, currency: str, field: str = "amount
     return _decimal_to_minor(value, exp, currency, field)
 
 
+def check_amount_token(token: bytes, field: str = "amount") -> None:
+    """Hold an amount to the documented grammar as it was written in the request's JSON.
+
+    `token` is the amount's raw JSON text. A string must be a plain decimal ("12.50"); a number
+    is a plain decimal too, without exponent. The JSON decoder turns both into Decimal leniently
+    (Python's Decimal takes " 1.00", "1_000", "+1" and "1e2"), so the text is checked here, before
+    its value is. null and other JSON types are left to the request's schema.
+    """
+    if token[:1] == b'"':
+        text = token[1:-1]
+        if b"\\" in text or _PLAIN_DECIMAL.fullmatch(text.decode("utf-8", "replace")) is None:
+            raise InvalidAmount(
+                f'{field} must be a plain decimal string such as "12.50": digits with an '
+                "optional fraction, no sign, exponent, spaces, separators or leading zeros",
+                field,
+            )
+    elif (token[:1].isdigit() or token[:1] == b"-") and _PLAIN_DECIMAL.fullmatch(
+        token.decode("ascii", "replace")
+    ) is None:
+        raise InvalidAmount(
+            f'{field} must be written without an exponent; send a decimal string such as "12.50"',
+            field,
+        )
+
+
 def _decimal_to_minor(value: Decimal, exp: int, currency: str, field: str) -> int:
     if not value.is_finite():
         raise InvalidAmount(f"{field} must be a finite number", field)

@@ -17,6 +17,7 @@ from domain.errors import (
 from domain.money import (
     CURRENCY_EXPONENTS,
     MAX_MINOR_UNITS,
+    check_amount_token,
     exponent,
     format_amount,
     parse_amount,
@@ -256,3 +257,25 @@ def test_domain_errors_survive_pickling(error: DomainError) -> None:
     assert type(copy) is type(error)
     assert (copy.code, copy.message, copy.field) == (error.code, error.message, error.field)
     assert str(copy) == error.message
+
+
+@pytest.mark.parametrize(
+    "token",
+    [b'"12.50"', b'"12"', b'"0.01"', b"12.5", b"12", b"0.5", b"null", b'"-1"', b"-1"],
+)
+def test_amount_tokens_in_the_grammar_pass(token: bytes) -> None:
+    # Negative amounts pass the grammar: parse_amount answers them "must be greater than zero".
+    check_amount_token(token)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        b'" 1.00"', b'"1.00 "', b'"1_000"', b'"1e2"', b'"+1"', b'"01.00"', b'"1."', b'".5"',
+        b'"1,00"', b'"NaN"', b'"Infinity"', b'"\\u0031"', b'""', b"1e2", b"1E+2", b"1.5e0",
+    ],
+)  # fmt: skip
+def test_amount_tokens_outside_the_grammar_are_refused(token: bytes) -> None:
+    with pytest.raises(InvalidAmount) as raised:
+        check_amount_token(token, "amount")
+    assert raised.value.field == "amount"
