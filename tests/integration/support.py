@@ -270,7 +270,7 @@ def entry_counts(engine: Engine, ids: list[UUID]) -> dict[UUID, int]:
 
 
 def assert_ledger_consistent(engine: Engine) -> None:
-    """The invariants of DESIGN.md, over the whole database."""
+    """The ledger invariants (docs/architecture.md), over the whole database."""
     with engine.connect() as conn:
         mismatched = conn.execute(
             sa.text(
