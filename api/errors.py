@@ -34,6 +34,8 @@ from litestar.routes import BaseRoute, HTTPRoute
 
 from api.schemas import Problem
 from domain.errors import DomainError
+from worker.store.db import is_unavailable
+from worker.store.fast import first_line
 
 log = structlog.get_logger(__name__)
 
@@ -123,8 +125,32 @@ def from_http_exception(exc: HTTPException) -> ApiError:
     return ApiError(status, code, str(exc.detail), headers=exc.headers)
 
 
+# Seconds a client is told to wait before retrying when PostgreSQL is out of reach.
+DATABASE_RETRY_AFTER = "1"
+
+
+def database_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "database_unavailable",
+        "The database is unavailable; nothing was done. Retry shortly (the same Idempotency-Key "
+        "is safe).",
+        headers={"Retry-After": DATABASE_RETRY_AFTER},
+    )
+
+
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Never leak internals: log the exception, answer a bare 500 problem."""
+    """Never leak internals: log the exception, answer a bare 500 problem. PostgreSQL out of
+    reach (down, restarting, a connection cut, no connection slot) is not a bug: 503
+    `database_unavailable` with Retry-After, on every route."""
+    if is_unavailable(exc):
+        log.warning(
+            "database_unavailable",
+            path=request.url.path,
+            error_type=type(exc).__name__,
+            error=first_line(exc),
+        )
+        return database_unavailable().to_response(request)
     log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
     return ApiError(500, "internal_error", "An internal error occurred.").to_response(request)
 
@@ -204,7 +230,8 @@ class ProblemResponsesPlugin(ReceiveRoutePlugin):
         for handler in route.route_handlers:
             if not handler.include_in_schema or "OPTIONS" in handler.http_methods:
                 continue
-            statuses = {400, 422, 429} | ROUTE_PROBLEMS.get(str(handler.operation_id), set())
+            # 503: any route may find PostgreSQL out of reach (database_unavailable).
+            statuses = {400, 422, 429, 503} | ROUTE_PROBLEMS.get(str(handler.operation_id), set())
             if not public:
                 statuses |= {401, 403, 404}
             if "data" in handler.parsed_fn_signature.parameters:

@@ -1,14 +1,21 @@
 """The API's Prometheus metrics: what this process accepted, HTTP requests, and the queue's facts.
 
 Queue facts (pending depth and oldest pending age per partition from PostgreSQL, live workers
-from the lease registry in Redis) are read when Prometheus scrapes, by whichever API process it
-asks, so they are right however many API and worker processes run. What workers applied is
-counted by each worker process and scraped from it (worker/metrics.py).
+from the lease registry in Redis) are read in the background by one refresher per API process
+(`QueueGauges`, every LEDGERQ_METRICS_INTERVAL seconds), never by a scrape: a scrape serves the
+last reading, so scraping often, or from several Prometheus servers, costs PostgreSQL nothing.
+Every API process reads the same facts, so any of them answers the same however many run. What
+workers applied is counted by each worker process and scraped from it (worker/metrics.py).
+
+With LEDGERQ_METRICS_TOKEN set, /metrics answers only `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +35,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from api.errors import ApiError
 from api.state import Services, services_of
 from worker.leases import LEASE_TTL, REGISTRY_KEY, lease_key
 from worker.metrics import READ_RECENT, RECENT_PREFIX, RECENT_WINDOW, parse_recent
@@ -94,16 +102,33 @@ class QueueFacts:
     sources: dict[str, bool] = field(default_factory=dict)
 
 
+_PENDING = operations.c.status == "pending"
+_COUNTS = (
+    sa.select(operations.c.partition, sa.func.count().label("n"))
+    .where(_PENDING)
+    .group_by(operations.c.partition)
+    .subquery()
+)
+# Each partition's first pending operation in seq order, from the pending index: one row fetched
+# per partition, where min(created_at) fetched every pending row.
+_OLDEST = (
+    sa.select(operations.c.created_at)
+    .where(_PENDING, operations.c.partition == _COUNTS.c.partition)
+    .order_by(operations.c.seq)
+    .limit(1)
+    .lateral()
+)
+_PENDING_QUERY = sa.select(
+    _COUNTS.c.partition,
+    _COUNTS.c.n,
+    sa.func.extract("epoch", sa.func.clock_timestamp() - _OLDEST.c.created_at),
+).select_from(_COUNTS.join(_OLDEST, sa.true()))
+
+
 async def read_pending(services: Services) -> dict[int, tuple[int, float]]:
     """partition -> (pending operations, seconds the oldest has waited); reads the pending index."""
-    age = sa.func.extract("epoch", sa.func.clock_timestamp() - sa.func.min(operations.c.created_at))
-    query = (
-        sa.select(operations.c.partition, sa.func.count(), age)
-        .where(operations.c.status == "pending")
-        .group_by(operations.c.partition)
-    )
-    async with services.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
+    async with services.reads.connect() as conn:
+        rows = (await conn.execute(_PENDING_QUERY)).all()
     return {int(p): (int(n), max(0.0, float(a))) for p, n, a in rows}
 
 
@@ -154,17 +179,56 @@ async def read_queue_facts(services: Services, recent: bool = False) -> QueueFac
     return facts
 
 
-class QueueFactsCollector(Collector):
-    """Gauges of facts read just before this scrape (a collector per scrape: scrapes never share)."""
+class QueueGauges:
+    """The queue's facts for /metrics, read by this process every `interval` seconds in the
+    background (one refresher per API process; started in api/state.py's lifespan)."""
 
-    def __init__(self, facts: QueueFacts) -> None:
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.facts: QueueFacts | None = None
+        self._read_at: float | None = None  # time.monotonic() of the last reading
+        self.refreshes = 0  # readings taken (tests read it)
+
+    async def refresh(self, services: Services) -> None:
+        self.facts = await read_queue_facts(services)
+        self._read_at = time.monotonic()
+        self.refreshes += 1
+
+    def age(self) -> float | None:
+        """Seconds since the facts were read (None before the first reading)."""
+        return None if self._read_at is None else time.monotonic() - self._read_at
+
+    async def run(self, services: Services) -> None:
+        while True:
+            try:
+                await self.refresh(services)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # read_queue_facts marks a failed source; anything else
+                log.warning("queue_gauges_refresh_failed", error=str(exc))
+            await asyncio.sleep(self.interval)
+
+
+class QueueFactsCollector(Collector):
+    """Gauges of the facts last read by the process's refresher (a collector per scrape)."""
+
+    def __init__(self, facts: QueueFacts, age: float) -> None:
         self.facts = facts
+        self.age = age
 
     def collect(self) -> Iterator[Metric]:
         facts = self.facts
+        age = GaugeMetricFamily(
+            "ledgerq_queue_gauges_age_seconds",
+            "Seconds since this API process read the queue gauges (refreshed every "
+            "LEDGERQ_METRICS_INTERVAL seconds).",
+        )
+        age.add_metric([], self.age)
+        yield age
         up = GaugeMetricFamily(
             "ledgerq_metrics_source_up",
-            "1 if the source of the queue gauges answered this scrape (postgresql, redis), else 0.",
+            "1 if the source of the queue gauges (postgresql, redis) answered their last "
+            "refresh, else 0.",
             labels=["source"],
         )
         for source, ok in sorted(facts.sources.items()):
@@ -225,14 +289,35 @@ def followers(services: Services) -> Metric:
     return family
 
 
+def require_metrics_token(request: Request[Any, Any, Any], token: str | None) -> None:
+    """With LEDGERQ_METRICS_TOKEN set, only `Authorization: Bearer <token>` may scrape."""
+    if token is None:
+        return
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(
+        presented.strip().encode(), token.encode()
+    ):
+        return
+    raise ApiError(
+        401,
+        "unauthenticated",
+        "/metrics requires its bearer token (LEDGERQ_METRICS_TOKEN).",
+        headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+    )
+
+
 @get("/metrics", operation_id="metrics", include_in_schema=False, exclude_from_auth=True)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Prometheus text format: this process's counters and histograms, then the queue's facts."""
+    """Prometheus text format: this process's counters and histograms, then the queue's facts as
+    last read in the background (no query here)."""
     services = services_of(request.app)
-    facts = await read_queue_facts(services)
+    require_metrics_token(request, services.settings.metrics_token)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families([*_process_registry().collect(), followers(services)]))
-    registry.register(QueueFactsCollector(facts))
+    gauges = services.queue_gauges
+    age = gauges.age()
+    if gauges.facts is not None and age is not None:
+        registry.register(QueueFactsCollector(gauges.facts, age))
     return Response(
         generate_latest(registry),
         media_type=CONTENT_TYPE_LATEST,

@@ -25,11 +25,16 @@ from api.waiters import CompletionWaiters
 from worker.events import CAPTADO_CHANNEL, OPERATIONS_CHANNEL, channel
 from worker.settings import Settings
 from worker.store import queries
-from worker.store.db import make_async_engine
-from worker.store.fast import FastStore
+from worker.store.db import make_async_engine, read_budget_async
+from worker.store.fast import FastStore, first_line
+from worker.store.pools import api_pools, budget_warning
 
 if TYPE_CHECKING:
     from api.auth import CredentialCache
+    from api.metrics import QueueGauges
+
+# How the API's connections appear in pg_stat_activity (and what the start-up check counts).
+APPLICATION_NAME = "ledgerq-api"
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +55,8 @@ class Services:
     ringer: Ringer
     committer: Grouped[queries.NewOperation, dict[queries.OperationKey, queries.Record]]
     accounts: AccountDirectory
+    # The queue's facts for /metrics, refreshed in the background (api/metrics.py).
+    queue_gauges: QueueGauges
     waiters: CompletionWaiters = field(default_factory=CompletionWaiters)
 
 
@@ -83,21 +90,65 @@ async def _follow_completions(
             await asyncio.sleep(1)
 
 
+async def check_connection_budget(engine: AsyncEngine, settings: Settings) -> None:
+    """At start: warn when this `ledgerq api`'s processes (LEDGERQ_API_WORKERS, each holding up
+    to LEDGERQ_DB_POOL_SIZE) and the connections other clients hold now would not fit in the
+    server's max_connections. Only a warning: refusing to start would not free a slot."""
+    processes = settings.api_workers
+    needed = processes * api_pools(settings.db_pool_size).total
+    try:
+        async with engine.connect() as conn:
+            budget = await read_budget_async(conn, APPLICATION_NAME, needed)
+    except Exception as exc:  # a check must not stop the API: say so and go on
+        log.warning("connection_budget_unchecked", error=first_line(exc))
+        return
+    what = f"{processes} API process(es) x LEDGERQ_DB_POOL_SIZE {settings.db_pool_size}"
+    warning = budget_warning(budget, what)
+    if warning is not None:
+        log.warning(
+            "connection_budget_exceeded",
+            detail=warning,
+            max_connections=budget.max_connections,
+            needed=budget.needed,
+            others=budget.others,
+        )
+    else:
+        log.info(
+            "connection_budget",
+            max_connections=budget.max_connections,
+            reserved=budget.reserved,
+            needed=budget.needed,
+            others=budget.others,
+        )
+
+
 def lifespan_for(
     settings: Settings, redis_client: redis.asyncio.Redis, credentials: CredentialCache
 ) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        # Transactions are rare on the API (registration, cancel, price upserts): a small pool.
+        # LEDGERQ_DB_POOL_SIZE is the process's budget, split between its three pools
+        # (worker/store/pools.py): the fast path gets most; transactions are rare on the API
+        # (registration, cancel, price upserts, probes and the background refreshers).
+        sizes = api_pools(settings.db_pool_size)
         engine = make_async_engine(
-            settings.database_url, pool_size=max(2, settings.db_pool_size // 4)
+            settings.database_url,
+            pool_size=sizes.transactions,
+            application_name=APPLICATION_NAME,
         )
         reads = make_async_engine(
-            settings.database_url, pool_size=settings.db_pool_size, autocommit=True
+            settings.database_url,
+            pool_size=sizes.reads,
+            autocommit=True,
+            application_name=APPLICATION_NAME,
         )
-        fast = FastStore(settings.database_url, size=settings.db_pool_size)
+        fast = FastStore(settings.database_url, size=sizes.fast, application_name=APPLICATION_NAME)
         await fast.open()
-        # Imported here: the Celery app reads LEDGERQ_* when it is first imported.
+        await check_connection_budget(engine, settings)
+        # Imported here: the Celery app reads LEDGERQ_* when it is first imported; api.metrics
+        # imports this module.
+        from api.controllers.events import looks
+        from api.metrics import QueueGauges
         from worker.tasks import ring_many
 
         ringer = Ringer(redis_client, ring_many, settings.ring_tick)
@@ -113,6 +164,8 @@ def lifespan_for(
             ringer=ringer,
             committer=group_commit(fast, ringer.mark),
             accounts=AccountDirectory(fast),
+            queue_gauges=QueueGauges(settings.metrics_interval),
+            waiters=CompletionWaiters(recheck=settings.follow_recheck),
         )
         app.state.services = services
         channels = app.plugins.get(ChannelsPlugin)
@@ -124,6 +177,9 @@ def lifespan_for(
             ),
             asyncio.create_task(services.backlog.run(engine)),
             asyncio.create_task(ringer.run()),
+            asyncio.create_task(services.queue_gauges.run(services)),
+            # Followers whose completion event never came are found in PostgreSQL.
+            asyncio.create_task(services.waiters.watch(*looks(fast))),
         ]
         try:
             yield

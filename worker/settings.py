@@ -105,9 +105,30 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var("LEDGERQ_MAX_WAIT", "30", "Largest `Prefer: wait=N` honoured, in seconds."),
     Var(
+        "LEDGERQ_FOLLOW_RECHECK",
+        "2",
+        "Seconds between PostgreSQL reads of a follower (`Prefer: wait`, server-sent events, "
+        "WebSocket) whose completion event has not come: a lost event delays a final state by "
+        "at most this much.",
+    ),
+    Var(
         "LEDGERQ_DB_POOL_SIZE",
         "20",
-        "Database connections kept per API process (plus up to half again in bursts).",
+        "PostgreSQL connections one process holds at most, all its pools together (at least 3). "
+        "An API process splits them between its pools; a worker process holds at most 2.",
+    ),
+    Var(
+        "LEDGERQ_METRICS_INTERVAL",
+        "5",
+        "Seconds between refreshes of the queue gauges /metrics serves (one refresher per API "
+        "process; a scrape runs no query).",
+    ),
+    Var(
+        "LEDGERQ_METRICS_TOKEN",
+        None,
+        "Bearer token /metrics requires (`Authorization: Bearer ...`), 32+ characters. Unset: "
+        "/metrics answers anyone.",
+        secret=True,
     ),
     Var(
         "LEDGERQ_SECRET_KEY",
@@ -265,7 +286,10 @@ class Settings:
     sweep_age: float
     ring_tick: float
     max_wait: int
+    follow_recheck: float
     db_pool_size: int
+    metrics_interval: float
+    metrics_token: str | None
     secret_key: str | None
     master_key: str | None
     token_ttl: int
@@ -326,7 +350,10 @@ class Settings:
             sweep_age=float(number("LEDGERQ_SWEEP_AGE", 1, 3600)),
             ring_tick=number("LEDGERQ_RING_TICK_MS", 0, 1000) / 1000,
             max_wait=number("LEDGERQ_MAX_WAIT", 0, 300),
-            db_pool_size=number("LEDGERQ_DB_POOL_SIZE", 1, 500),
+            follow_recheck=float(number("LEDGERQ_FOLLOW_RECHECK", 1, 300)),
+            db_pool_size=number("LEDGERQ_DB_POOL_SIZE", 3, 500),
+            metrics_interval=float(number("LEDGERQ_METRICS_INTERVAL", 1, 3600)),
+            metrics_token=_secret(env, "LEDGERQ_METRICS_TOKEN"),
             secret_key=_secret(env, "LEDGERQ_SECRET_KEY"),
             master_key=_secret(env, "LEDGERQ_MASTER_KEY"),
             token_ttl=number("LEDGERQ_TOKEN_TTL", 10, 86_400),

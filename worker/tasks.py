@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 import structlog
+from celery import signals
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
@@ -18,8 +21,9 @@ from worker.celery_app import app
 from worker.doorbell import clear_bell, hold_bell
 from worker.events import publish_completions
 from worker.routing import DRAIN_TASK, SWEEP_TASK
-from worker.settings import get_settings
-from worker.store.db import make_engine
+from worker.settings import Settings, get_settings
+from worker.store.db import make_engine, read_budget
+from worker.store.pools import budget_warning, worker_pool
 from worker.sweeper import stale_partitions
 
 log = structlog.get_logger(__name__)
@@ -37,21 +41,40 @@ class Resources:
 
 @functools.cache
 def resources() -> Resources:
-    """Per process, created on first use: pool children must not share their parent's sockets."""
+    """Per process, created on first use: pool children must not share their parent's sockets.
+    The engine holds at most worker_pool(LEDGERQ_DB_POOL_SIZE) connections (no overflow)."""
     settings = get_settings()
     return Resources(
         engine=make_engine(
-            settings.database_url, pool_size=2, pre_ping=False, application_name=APPLICATION_NAME
+            settings.database_url,
+            pool_size=worker_pool(settings.db_pool_size),
+            max_overflow=0,
+            pre_ping=False,
+            application_name=APPLICATION_NAME,
         ),
         redis=redis.Redis.from_url(settings.redis_url),
     )
 
 
+def best_effort(what: str, action: Callable[[], Any], partition: int) -> bool:
+    """Run a Redis (or broker) step the ledger does not depend on; a failure is logged, never
+    raised: after a commit, raising would fail a drain whose work is done (and its message would
+    be retried for nothing), and the sweeper rings whatever a lost bell leaves pending."""
+    try:
+        action()
+    except (redis.RedisError, BrokerError, OSError) as exc:
+        log.warning("drain_step_failed", step=what, partition=partition, error=str(exc))
+        return False
+    return True
+
+
 def report_batch(res: Resources, partition: int, done: Sequence[Completion]) -> None:
-    """After a batch committed: wake its waiters first, then count it and log it."""
-    publish_completions(res.redis, done)
+    """After a batch committed: wake its waiters first, then count it and log it. Redis failing
+    here costs followers their event (they find the final state in PostgreSQL, api/waiters.py)
+    and the admin view a count, never the drain."""
+    best_effort("publish", lambda: publish_completions(res.redis, done), partition)
     metrics.record_batch(done, time.time())
-    metrics.count_recent(res.redis, partition, done)
+    best_effort("count", lambda: metrics.count_recent(res.redis, partition, done), partition)
     failed = 0
     for c in done:
         if c.status != "succeeded":
@@ -93,23 +116,33 @@ def drain(partition: int) -> int:
 
 
 def _drain(partition: int) -> int:
+    """Redis steps (the bell, the events, the counts) are best effort: with Redis down the drain
+    still applies what is pending and returns normally. A bell left set (its clear failed) expires
+    after BELL_TTL_SECONDS; until then the sweeper rings the partition for what arrives."""
     res = resources()
     settings = get_settings()
+
     # The bell stays set while this drain finds work, so submits meanwhile send no message;
     # drain_partition clears it only when the partition looks empty, and then looks once more.
-    hold_bell(res.redis, partition)
+    def release() -> None:
+        best_effort("clear_bell", lambda: clear_bell(res.redis, partition), partition)
+
+    def reclaim() -> None:
+        best_effort("hold_bell", lambda: hold_bell(res.redis, partition), partition)
+
+    reclaim()
     result = drain_partition(
         res.engine,
         partition,
         settings.batch_size,
         publish=lambda done: report_batch(res, partition, done),
-        release=lambda: clear_bell(res.redis, partition),
-        reclaim=lambda: hold_bell(res.redis, partition),
+        release=release,
+        reclaim=reclaim,
     )
     if result.more_pending:
         # Yield to the other partitions this worker owns; come back through the queue.
-        hold_bell(res.redis, partition)
-        ring(partition)
+        reclaim()
+        best_effort("ring", lambda: ring(partition), partition)
     if result.completed:
         log.info(
             "partition_drained",
@@ -131,3 +164,59 @@ def sweep() -> list[int]:
     if partitions:
         log.info("sweeper_rang", partitions=partitions)
     return partitions
+
+
+# ----------------------------------------------------------------- the connection budget at start
+
+
+def worker_processes(pool: Any) -> int:
+    """Processes of this worker that hold database connections: the prefork pool's children
+    (one task each at a time); solo and thread pools run tasks in the main process."""
+    if pool is not None and "prefork" in type(pool).__module__:
+        return int(getattr(pool, "num_processes", 1) or 1)
+    return 1
+
+
+def check_connection_budget(settings: Settings, processes: int) -> str | None:
+    """Warn (log) when this worker's processes, at worker_pool(LEDGERQ_DB_POOL_SIZE) connections
+    each, and the connections other clients hold now exceed the server's max_connections; the
+    warning, or None. Only a warning: refusing to start would not free a slot."""
+    needed = processes * worker_pool(settings.db_pool_size)
+    engine = make_engine(
+        settings.database_url, pool_size=1, max_overflow=0, application_name=APPLICATION_NAME
+    )
+    try:
+        with engine.connect() as conn:
+            budget = read_budget(conn, APPLICATION_NAME, needed)
+    except Exception as exc:  # a check must not stop the worker: say so and go on
+        log.warning("connection_budget_unchecked", error=str(exc).splitlines()[0])
+        return None
+    finally:
+        engine.dispose()
+    what = (
+        f"this worker's {processes} process(es) x {worker_pool(settings.db_pool_size)} "
+        f"(LEDGERQ_DB_POOL_SIZE {settings.db_pool_size})"
+    )
+    warning = budget_warning(budget, what)
+    if warning is not None:
+        log.warning(
+            "connection_budget_exceeded",
+            detail=warning,
+            max_connections=budget.max_connections,
+            needed=budget.needed,
+            others=budget.others,
+        )
+    else:
+        log.info(
+            "connection_budget",
+            max_connections=budget.max_connections,
+            reserved=budget.reserved,
+            needed=budget.needed,
+            others=budget.others,
+        )
+    return warning
+
+
+@signals.worker_ready.connect
+def _check_connection_budget(sender: Any = None, **_: Any) -> None:
+    check_connection_budget(get_settings(), worker_processes(getattr(sender, "pool", None)))

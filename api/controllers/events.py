@@ -2,13 +2,15 @@
 
 Both ride on the API process's one subscription to the worker's completion events (api/state.py
 feeds api/waiters.py); an event only wakes a follower, and what is sent is read from PostgreSQL.
+An event that never comes is made up for by the registry's periodic look at PostgreSQL
+(`final_operations` and `balances` below, every LEDGERQ_FOLLOW_RECHECK seconds, api/waiters.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -19,23 +21,59 @@ from litestar import Request, WebSocket, get, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import WS_1008_POLICY_VIOLATION, WS_1011_INTERNAL_ERROR
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import UUID as PGUUID
 
 from api.auth import Principal
 from api.controllers.accounts import account_out
-from api.controllers.operations import operation_out
+from api.controllers.operations import operation_out, read_operation
 from api.errors import ApiError
 from api.schemas import AccountOut
 from api.state import Services, services_of
+from api.waiters import REREAD
 from domain.model import TERMINAL_STATUSES
 from domain.money import format_amount
 from worker.store import queries
-from worker.store.tables import entries
+from worker.store.db import is_unavailable
+from worker.store.fast import Compiled, FastStore, first_line
+from worker.store.tables import accounts, entries, operations
 
 log = structlog.get_logger(__name__)
 
-# A comment line this often keeps proxies from closing a quiet stream, and re-reads the state
-# (so a lost completion event delays the final state by this much at most).
+# A comment line this often keeps proxies from closing a quiet stream (and re-reads the state).
 KEEPALIVE_SECONDS = 15.0
+
+
+# ----------------------------------------------------------------- the periodic look
+
+_IDS = sa.bindparam("ids", type_=ARRAY(PGUUID(as_uuid=True)))
+_FINAL_OPERATIONS = Compiled(
+    sa.select(operations.c.id).where(
+        operations.c.id == sa.func.any(_IDS), operations.c.status != "pending"
+    )
+)
+_BALANCES = Compiled(
+    sa.select(accounts.c.id, accounts.c.balance).where(accounts.c.id == sa.func.any(_IDS))
+)
+
+
+def looks(
+    fast: FastStore,
+) -> tuple[
+    Callable[[list[str]], Awaitable[list[str]]], Callable[[list[str]], Awaitable[dict[str, int]]]
+]:
+    """The registry's two looks at PostgreSQL (api/waiters.py `watch`), one statement each by
+    primary key however many operations are waited on and accounts followed."""
+
+    async def final_operations(ids: list[str]) -> list[str]:
+        rows = await fast.all(_FINAL_OPERATIONS, {"ids": [UUID(i) for i in ids]})
+        return [str(r.id) for r in rows]
+
+    async def balances(ids: list[str]) -> dict[str, int]:
+        rows = await fast.all(_BALANCES, {"ids": [UUID(i) for i in ids]})
+        return {str(r.id): int(r.balance) for r in rows}
+
+    return final_operations, balances
 
 
 # ----------------------------------------------------------------- an operation, as SSE
@@ -64,8 +102,7 @@ async def follow_operation(
     principal_id = request.user.id
 
     async def read() -> Any:
-        async with services.engine.connect() as conn:
-            return await queries.operation_for_principal(conn, operation_id, principal_id)
+        return await read_operation(services, operation_id, principal_id)
 
     first = await read()
     if first is None:
@@ -80,14 +117,21 @@ async def follow_operation(
             while True:
                 # Cleared before reading: a completion announced during the read is not lost.
                 completed.clear()
-                row = await read()
-                if row is None:  # cannot happen (operations are never deleted); end quietly
-                    return
-                if row.status != sent:
-                    sent = row.status
-                    yield _operation_message(row)
-                if row.status in TERMINAL_STATUSES:
-                    return
+                try:
+                    row = await read()
+                except Exception as exc:
+                    if not is_unavailable(exc):
+                        raise
+                    # PostgreSQL out of reach: keep the stream, read again at the next wake-up.
+                    log.warning("operation_follow_read_failed", error=first_line(exc))
+                else:
+                    if row is None:  # cannot happen (operations are never deleted); end quietly
+                        return
+                    if row.status != sent:
+                        sent = row.status
+                        yield _operation_message(row)
+                    if row.status in TERMINAL_STATUSES:
+                        return
                 try:
                     await asyncio.wait_for(completed.wait(), KEEPALIVE_SECONDS)
                 except TimeoutError:
@@ -123,10 +167,16 @@ class AccountUpdate(msgspec.Struct, kw_only=True, tag="operation", tag_field="ty
     account: AccountOut
 
 
+async def _read_account(services: Services, account_id: UUID, owner_id: UUID) -> Any:
+    params = {"account_id": account_id, "owner_id": owner_id}
+    return await services.fast.one(queries.FAST_ACCOUNT_FOR_OWNER, params)
+
+
 async def _updates(
     services: Services, account_id: UUID, owner_id: UUID, events: list[dict[str, Any]]
-) -> list[AccountUpdate]:
-    """What the account's owner may learn of one batch's events touching the account.
+) -> tuple[list[AccountUpdate], int | None]:
+    """What the account's owner may learn of one batch's events touching the account, and the
+    account's balance now (None when nothing was read).
 
     The account's own operations (deposits into it, withdrawals and transfers from it: the owner
     submitted them) in every outcome; a transfer into it from someone else only once it succeeded,
@@ -138,9 +188,9 @@ async def _updates(
         if e.get("account_id") == str(account_id) or e.get("status") == "succeeded"
     ]
     if not visible:
-        return []
+        return [], None
     ids = [UUID(e["id"]) for e in visible]
-    async with services.engine.connect() as conn:
+    async with services.reads.connect() as conn:
         account = await queries.account_for_owner(conn, account_id, owner_id)
         posted = (
             await conn.execute(
@@ -150,7 +200,7 @@ async def _updates(
             )
         ).all()
     if account is None:
-        return []
+        return [], None
     by_operation = {str(r.operation_id): r for r in posted}
     snapshot = account_out(account)
     updates = []
@@ -172,7 +222,7 @@ async def _updates(
                 account=snapshot,
             )
         )
-    return updates
+    return updates, int(account.balance)
 
 
 @websocket("/ws/accounts/{account_id:uuid}", opt={"operation_id": "followAccount"})
@@ -182,10 +232,9 @@ async def follow_account(socket: WebSocket[Principal, Any, Any], account_id: UUI
     user's account (or none) is refused before the handshake completes."""
     services = services_of(socket.app)
     owner_id = socket.user.id
-    with services.waiters.following(str(account_id)) as batches:
+    with services.waiters.following(str(account_id)) as follower:
         # Following before reading: nothing applied between the snapshot and the first event is lost.
-        async with services.engine.connect() as conn:
-            account = await queries.account_for_owner(conn, account_id, owner_id)
+        account = await _read_account(services, account_id, owner_id)
         if account is None:
             await socket.close(code=WS_1008_POLICY_VIOLATION, reason="No such account.")
             return
@@ -193,12 +242,35 @@ async def follow_account(socket: WebSocket[Principal, Any, Any], account_id: UUI
         await socket.send_text(
             msgspec.json.encode(AccountSnapshot(account=account_out(account))).decode()
         )
+        follower.sent(int(account.balance))
 
         async def push() -> None:
             while True:
-                events = await batches.get()
-                for update in await _updates(services, account_id, owner_id, events):
+                events = await follower.queue.get()
+                try:
+                    if events is REREAD:
+                        await reread()
+                        continue
+                    updates, balance = await _updates(services, account_id, owner_id, events)
+                except Exception as exc:
+                    if not is_unavailable(exc):
+                        raise
+                    # PostgreSQL out of reach: the periodic look will catch the balance up.
+                    log.warning("account_follow_read_failed", error=first_line(exc))
+                    continue
+                for update in updates:
                     await socket.send_text(msgspec.json.encode(update).decode())
+                if balance is not None:
+                    follower.sent(balance)
+
+        async def reread() -> None:
+            """The ledger moved and no event said so (lost): the account as it is now."""
+            row = await _read_account(services, account_id, owner_id)
+            if row is not None and int(row.balance) != follower.balance:
+                await socket.send_text(
+                    msgspec.json.encode(AccountSnapshot(account=account_out(row))).decode()
+                )
+                follower.sent(int(row.balance))
 
         async def until_disconnected() -> None:
             # Clients send nothing; reading is how a disconnect is noticed while nothing is pushed.

@@ -37,14 +37,15 @@ class ReadinessChecks:
             self._head = await anyio.to_thread.run_sync(head_revision)
         return self._head
 
+    # Single statements: the autocommit pool (the transactions pool is kept for transactions).
     async def postgres(self, services: Services) -> str:
-        async with services.engine.connect() as conn:
+        async with services.reads.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
         return "ok"
 
     async def migrations(self, services: Services) -> str:
         head = await self.head()
-        async with services.engine.connect() as conn:
+        async with services.reads.connect() as conn:
             try:
                 versions = (
                     (await conn.execute(sa.text("SELECT version_num FROM alembic_version")))

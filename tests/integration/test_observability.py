@@ -77,6 +77,8 @@ def deployment(
             "LEDGERQ_WORKER_METRICS_PORT": str(metrics_port),
             "LEDGERQ_API_PORT": str(free_port()),
             "LEDGERQ_DB_POOL_SIZE": "4",
+            # The queue gauges are read in the background: every second here.
+            "LEDGERQ_METRICS_INTERVAL": "1",
         }
         worker = Process("obs-worker", ["-m", "api.cli", "worker"], env, tmp)
         api = Process("obs-api", ["-m", "api.cli", "api"], env, tmp)
@@ -236,8 +238,12 @@ async def test_metrics_count_submitted_applied_failed_with_latency_and_batch_siz
         worker_after, "ledgerq_batch_size_bucket", le="2.0"
     )
 
-    # The API computes the queue's gauges at scrape time, from PostgreSQL and Redis.
-    assert value(api_after, "ledgerq_workers_alive") == 1
+    # The API reads the queue's gauges from PostgreSQL and Redis in the background (every
+    # LEDGERQ_METRICS_INTERVAL): the worker shows once a reading after its start is served.
+    api_after = eventually(
+        lambda: scrape(f"{deployment.api_url}/metrics"),
+        lambda s: value(s, "ledgerq_workers_alive") == 1,
+    )
     assert value(api_after, "ledgerq_metrics_source_up", source="postgresql") == 1
     assert value(api_after, "ledgerq_metrics_source_up", source="redis") == 1
     for p in range(PARTITIONS):
@@ -253,8 +259,11 @@ async def test_pending_depth_and_queue_view_show_an_operation_nobody_rang(
     # Committed as pending without a doorbell; this deployment has no sweeper to ring it.
     [stuck] = insert_pending(deployment.engine, alice.user_id, account, [700])
 
-    samples = scrape(f"{deployment.api_url}/metrics")
-    assert value(samples, "ledgerq_pending_operations", partition=partition) == 1
+    # Shown from the first background reading after the insert.
+    samples = eventually(
+        lambda: scrape(f"{deployment.api_url}/metrics"),
+        lambda s: value(s, "ledgerq_pending_operations", partition=partition) == 1,
+    )
     assert value(samples, "ledgerq_oldest_pending_age_seconds", partition=partition) > 0
 
     r = await client.get("/api/v1/admin/queues", headers=deployment.master)
@@ -280,8 +289,10 @@ async def test_pending_depth_and_queue_view_show_an_operation_nobody_rang(
     before = mine["applied_last_minute"]
     await alice.deposit(account, "1.00")
     assert wait_terminal(deployment.engine, [stuck]) == {stuck: "succeeded"}
-    samples = scrape(f"{deployment.api_url}/metrics")
-    assert value(samples, "ledgerq_pending_operations", partition=partition) == 0
+    samples = eventually(
+        lambda: scrape(f"{deployment.api_url}/metrics"),
+        lambda s: value(s, "ledgerq_pending_operations", partition=partition) == 0,
+    )
     assert value(samples, "ledgerq_oldest_pending_age_seconds", partition=partition) == 0
 
     def applied_now() -> int:
@@ -414,7 +425,7 @@ def test_ready_is_503_when_the_schema_is_behind(
             **service_env,
             "LEDGERQ_DATABASE_URL": url,
             "LEDGERQ_API_PORT": str(port),
-            "LEDGERQ_DB_POOL_SIZE": "2",
+            "LEDGERQ_DB_POOL_SIZE": "3",
         }
         api = Process("api-behind", ["-m", "api.cli", "api"], env, tmp_path)
         api.start()

@@ -1,4 +1,4 @@
-"""Hot-path execution: SQLAlchemy Core statements compiled once, run straight on a psycopg pool.
+"""Hot-path execution: SQLAlchemy Core statements compiled once, run straight on psycopg connections.
 
 The statements are still written once, with SQLAlchemy, in worker/store/queries.py. What this
 skips is SQLAlchemy's per-execution machinery on the async path (greenlet hop, cache-key
@@ -6,18 +6,34 @@ generation, result processing), measured at about 380 us of the 490 us a simple 
 through an AsyncConnection on this machine, against about 100 us straight on psycopg. Only the
 API's hottest requests use it (submit, read an account, read an operation); connections are in
 autocommit, so every statement stands alone.
+
+The connections live in a small pool of its own (`ConnectionPool`), not psycopg_pool's: that one
+connects in background workers with exponential backoff, so while PostgreSQL was down a request
+waited out the pool's timeout (30 s), and once it was back the next attempt could still be many
+seconds away. Here a request that finds no idle connection connects itself: refused at once while
+the server is down (503 database_unavailable), connected at once when it is back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
+import structlog
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects import postgresql
+
+from worker.store.db import CONNECT_TIMEOUT, connection_is_dead, is_unavailable
+
+log = structlog.get_logger(__name__)
 
 _DIALECT = postgresql.psycopg.dialect()
 
@@ -43,26 +59,170 @@ def libpq_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-class FastStore:
-    """A psycopg connection pool in autocommit, for statements compiled by `Compiled`."""
+def first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
-    def __init__(self, url: str, size: int) -> None:
-        self.pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-            libpq_url(url),
-            # Grow on demand and give idle connections back: PostgreSQL's connection slots are
-            # shared by every process (100 by default).
-            min_size=1,
-            max_size=size,
-            max_idle=60,
-            kwargs={"autocommit": True, "row_factory": namedtuple_row},
-            open=False,
+
+class PoolTimeout(psycopg.OperationalError):
+    """Every connection of the pool stayed busy for the whole checkout timeout."""
+
+
+class ConnectionPool:
+    """At most `size` autocommit connections, for one event loop.
+
+    Checkout takes the most recently returned idle connection (so under light load a few stay
+    warm and the others age out after `max_idle` seconds), skipping and closing those the server
+    has cut (`connection_is_dead`: a poll of the socket, no round trip); with none idle and room
+    left it connects, in the caller's task; at `size` it waits for a return, up to `timeout`.
+    A connection comes back only idle and healthy; one broken by an error, or left mid-statement
+    by a cancelled request, is closed. A disconnect noticed by a statement also closes every idle
+    connection (`invalidate`): what cut one has probably cut them all.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        size: int,
+        kwargs: Mapping[str, Any],
+        timeout: float = 30.0,
+        max_idle: float = 60.0,
+    ) -> None:
+        self.conninfo = conninfo
+        self.size = size
+        self.kwargs = dict(kwargs)
+        self.timeout = timeout
+        self.max_idle = max_idle
+        self._idle: deque[tuple[AsyncConnection[Any], float, int]] = deque()
+        self._generation: dict[int, int] = {}
+        self._current = 0
+        # Connections open or being opened, idle or in use: never above `size`.
+        self.count = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    async def _connect(self) -> AsyncConnection[Any]:
+        self.count += 1
+        try:
+            conn = await AsyncConnection.connect(self.conninfo, **self.kwargs)
+        except BaseException:
+            self.count -= 1
+            self._wake_one()
+            raise
+        self._generation[id(conn)] = self._current
+        return conn
+
+    def _drop(self, conn: AsyncConnection[Any]) -> None:
+        self.count -= 1
+        self._generation.pop(id(conn), None)
+        with contextlib.suppress(Exception):
+            # psycopg's close() only finishes the libpq connection: no round trip, no wait.
+            conn.pgconn.finish()
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def getconn(self) -> AsyncConnection[Any]:
+        if self._closed:
+            raise psycopg.OperationalError("the connection pool is closed")
+        deadline: float | None = None
+        while True:
+            while self._idle:
+                conn, _, generation = self._idle.pop()
+                if generation != self._current or connection_is_dead(conn):
+                    self._drop(conn)
+                    continue
+                return conn
+            if self.count < self.size:
+                return await self._connect()
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.timeout
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise PoolTimeout(f"no connection free within {self.timeout:.0f} s")
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                raise PoolTimeout(f"no connection free within {self.timeout:.0f} s") from None
+            except BaseException:
+                # Woken, then cancelled before taking its turn: pass the turn on.
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+    def putconn(self, conn: AsyncConnection[Any]) -> None:
+        healthy = (
+            not self._closed
+            and not conn.closed
+            and conn.info.transaction_status == TransactionStatus.IDLE
+            and self._generation.get(id(conn)) == self._current
         )
+        if not healthy:
+            self._drop(conn)
+            return
+        now = time.monotonic()
+        self._idle.append((conn, now, self._current))
+        # The coldest idle connections (left end) go once unused for max_idle; one stays warm.
+        while len(self._idle) > 1 and now - self._idle[0][1] > self.max_idle:
+            self._drop(self._idle.popleft()[0])
+        self._wake_one()
+
+    def invalidate(self) -> None:
+        """Close every idle connection now and every connection in use when it comes back."""
+        self._current += 1
+        while self._idle:
+            self._drop(self._idle.popleft()[0])
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        conn = await self.getconn()
+        try:
+            yield conn
+        except BaseException as exc:
+            if conn.closed or is_unavailable(exc):
+                log.warning("fast_pool_invalidated", error=first_line(exc))
+                self.invalidate()
+            raise
+        finally:
+            self.putconn(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        self.invalidate()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class FastStore:
+    """A pool of autocommit psycopg connections, for statements compiled by `Compiled`."""
+
+    def __init__(self, url: str, size: int, application_name: str | None = None) -> None:
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "row_factory": namedtuple_row,
+            "connect_timeout": CONNECT_TIMEOUT,
+        }
+        if application_name:
+            kwargs["application_name"] = application_name
+        self.pool = ConnectionPool(libpq_url(url), size, kwargs)
 
     async def open(self) -> None:
-        await self.pool.open()
+        """Nothing to do: connections are made on first use (the API starts without its database)."""
 
     async def close(self) -> None:
-        await self.pool.close()
+        self.pool.close()
 
     async def one(self, statement: Compiled, params: Mapping[str, Any]) -> Any | None:
         async with self.pool.connection() as conn:
