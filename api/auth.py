@@ -32,6 +32,7 @@ from litestar.middleware.base import DefineMiddleware
 from litestar.types import Scope
 
 from api.errors import ApiError
+from api.revocation import RevocationUnavailable, denylist_for
 from api.state import Services, services_of
 from worker.store import access, queries
 
@@ -67,6 +68,9 @@ class Principal:
     api_key_id: UUID | None = None
     # Requests per rate limit window, when an API key sets its own (None: LEDGERQ_RATE_LIMIT).
     rate_limit: int | None = None
+    # Bearer tokens: the token's id (its `jti`) and expiry, for revocation (api/revocation.py).
+    token_id: str | None = None
+    token_expires: int | None = None
 
     @property
     def rate_limit_key(self) -> str:
@@ -95,11 +99,13 @@ def current_principal() -> Principal | None:
 # Pseudo-requirements besides the scopes.
 BASIC_ONLY = "basic"  # HTTP Basic itself: a token or key must not mint tokens
 MANAGE_KEYS = "manage_keys"  # a password or token, or the admin: keys never mint keys
+AUTHENTICATED = "authenticated"  # any principal at all
 
 # operationId -> what the principal needs. Routes excluded from authentication (health, docs,
 # register) have no principal and are not listed; an authenticated route missing here is refused.
 ACCESS: dict[str, str] = {
     "issueToken": BASIC_ONLY,
+    "revokeToken": AUTHENTICATED,
     "createApiKey": MANAGE_KEYS,
     "listApiKeys": MANAGE_KEYS,
     "revokeApiKey": MANAGE_KEYS,
@@ -117,6 +123,11 @@ ACCESS: dict[str, str] = {
     "listUsers": ADMIN,
     "listAllAccounts": ADMIN,
     "listQueues": ADMIN,
+    "getUserDepositLimits": ADMIN,
+    "setUserDepositLimits": ADMIN,
+    "getApiKeyDepositLimits": ADMIN,
+    "setApiKeyDepositLimits": ADMIN,
+    "adminDeposit": ADMIN,
     "createAsset": ADMIN,
     "upsertPrices": ADMIN,
     "listAssets": ACCOUNTS_READ,
@@ -147,6 +158,8 @@ async def require_access(
     if requirement is None:
         log.error("route_without_access_rule", operation_id=str(operation_id))
         raise forbidden("forbidden", "This endpoint has no access rule.")
+    if requirement == AUTHENTICATED:
+        return
     if requirement == BASIC_ONLY:
         if principal.method != "basic":
             raise unauthenticated("Exchange HTTP Basic credentials (username and password).")
@@ -303,6 +316,8 @@ def issue_token(secret_key: str, principal: Principal, ttl_seconds: int) -> str:
         "name": principal.username,
         "iat": now,
         "exp": now + ttl_seconds,
+        # The token's id: what a revocation names (api/revocation.py).
+        "jti": secrets.token_urlsafe(16),
     }
     return jwt.encode(claims, secret_key, algorithm=JWT_ALGORITHM)
 
@@ -342,11 +357,44 @@ def _decode_token(secret_key: str, token: str) -> tuple[Principal, int]:
         user_id = UUID(claims["sub"])
         username = str(claims.get("name", ""))
         expires = int(claims["exp"])
+        # Tokens issued before revocation existed have no jti: their digest names them.
+        token_id = str(claims.get("jti") or hashlib.sha256(token.encode()).hexdigest())
     except jwt.ExpiredSignatureError:
         raise unauthenticated("The token has expired.", bearer_error="invalid_token") from None
     except (jwt.InvalidTokenError, ValueError, TypeError):
         raise unauthenticated("The token is not valid.", bearer_error="invalid_token") from None
-    return user_principal(user_id, username, "bearer"), expires
+    principal = Principal(
+        id=user_id,
+        username=username,
+        method="bearer",
+        scopes=USER_SCOPES,
+        token_id=token_id,
+        token_expires=expires,
+    )
+    return principal, expires
+
+
+async def check_not_revoked(services: Services, principal: Principal) -> None:
+    """A revoked token is refused like an invalid one. Memory answers (no round trip) while this
+    process's subscription to revocations is up; otherwise Redis does, and when neither can, the
+    request is refused with 503 rather than let a revoked token through."""
+    assert principal.token_id is not None
+    denylist = denylist_for(services.settings.redis_url)
+    revoked = denylist.known(principal.token_id)
+    if revoked is None:
+        try:
+            revoked = await denylist.lookup(principal.token_id)
+        except RevocationUnavailable:
+            log.warning("token_revocation_check_unavailable")
+            raise ApiError(
+                503,
+                "token_check_unavailable",
+                "Cannot check the token against revocations now; retry shortly, or use HTTP "
+                "Basic or an API key.",
+                headers={"Retry-After": "1"},
+            ) from None
+    if revoked:
+        raise unauthenticated("The token has been revoked.", bearer_error="invalid_token")
 
 
 # ---------------------------------------------------------------- API keys and the master key
@@ -459,6 +507,7 @@ class AuthenticationMiddleware(AbstractAuthenticationMiddleware):
                 principal = verify_token(
                     services.settings.require_secret_key(), credentials.strip()
                 )
+                await check_not_revoked(services, principal)
             else:
                 raise unauthenticated("Use HTTP Basic, a Bearer token or an X-API-Key.")
         else:

@@ -64,6 +64,30 @@ class TokenOut(Struct, kw_only=True):
     expires_in: Annotated[int, Meta(description="Seconds until the token expires.")]
 
 
+class TokenRevoke(Body):
+    token: Annotated[
+        str, Meta(min_length=1, max_length=4096, description="The access token to revoke.")
+    ]
+
+
+class TokenRevoked(Struct, kw_only=True):
+    revoked: Annotated[
+        bool,
+        Meta(description="False when the token was not valid (expired, malformed): nothing to do."),
+    ]
+    confirmed: Annotated[
+        bool,
+        Meta(
+            description="Every API process listening for revocations confirmed it before this "
+            "answer (processes not listening ask Redis on each request)."
+        ),
+    ]
+
+
+# An API key lives at most ten years.
+MAX_KEY_LIFETIME = 10 * 365 * 24 * 3600
+
+
 Scope = Literal["accounts:read", "operations:write", "admin"]
 
 
@@ -88,6 +112,29 @@ class ApiKeyCreate(Body):
         ]
         | None
     ) = None
+    expires_at: (
+        Annotated[
+            dt.datetime,
+            Meta(
+                tz=True,
+                description="When the key stops working (RFC 3339 with a time zone, in the "
+                "future, within ten years). At most one of `expires_at` and `expires_in`; "
+                "neither: never.",
+            ),
+        ]
+        | None
+    ) = None
+    expires_in: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=MAX_KEY_LIFETIME,
+                description="Seconds from now until the key stops working.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ApiKeyOut(Struct, kw_only=True):
@@ -99,6 +146,12 @@ class ApiKeyOut(Struct, kw_only=True):
     rate_limit: int | None
     created_at: dt.datetime
     last_used_at: dt.datetime | None
+    expires_at: Annotated[
+        dt.datetime | None, Meta(description="When the key stops working; null: never.")
+    ]
+    expired: Annotated[
+        bool, Meta(description="Past `expires_at`: refused like an unknown key (401).")
+    ]
 
 
 class ApiKeyCreated(ApiKeyOut, kw_only=True):
@@ -394,3 +447,57 @@ class CaptadoOut(Struct, kw_only=True):
     totals: list[CurrencyAmount]
     by_asset: list[CaptadoAsset]
     by_client: list[CaptadoClient]
+
+
+# ---------------------------------------------------------------- deposit limits (admin)
+
+LimitIn = Annotated[
+    Decimal,
+    Meta(
+        description='An amount of the path\'s currency as a decimal string ("5000.00"), above '
+        "zero; null: back to the default.",
+        examples=["5000.00"],
+    ),
+]
+
+
+class DepositLimitsSet(Body):
+    currency: Currency
+    per_operation: LimitIn | None = None
+    daily: LimitIn | None = None
+
+
+class DepositLimitOut(Struct, kw_only=True):
+    currency: str
+    per_operation: Annotated[str, Meta(description="Largest deposit, in effect.")]
+    daily: Annotated[str, Meta(description="Most in any 24 hours, in effect.")]
+    per_operation_set: Annotated[
+        str | None, Meta(description="The admin's own value; null: the default applies.")
+    ]
+    daily_set: Annotated[
+        str | None, Meta(description="The admin's own value; null: the default applies.")
+    ]
+    deposited_last_day: Annotated[str, Meta(description="Deposits counted in the rolling day now.")]
+    remaining: Annotated[str, Meta(description="What may still be deposited now.")]
+
+
+class DepositLimitsOut(Struct, kw_only=True):
+    subject_kind: Literal["user", "api_key"]
+    subject_id: UUID
+    default_per_operation_minor: Annotated[
+        int, Meta(description="LEDGERQ_DEPOSIT_MAX_PER_OPERATION, minor units of any currency.")
+    ]
+    default_daily_minor: Annotated[
+        int, Meta(description="LEDGERQ_DEPOSIT_DAILY_LIMIT, minor units of any currency.")
+    ]
+    items: Annotated[
+        list[DepositLimitOut],
+        Meta(description="Each currency with limits set or deposits counted, by currency."),
+    ]
+
+
+class AdminDepositRequest(Body):
+    account_id: UUID
+    amount: AmountIn
+    category: Category | None = None
+    description: Description | None = None

@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from uuid import UUID
 
-from domain.money import MAX_MINOR_UNITS
+from domain.errors import InvalidAmount
+from domain.money import MAX_MINOR_UNITS, exponent, format_amount
 
 # The rolling day is kept in 15-minute buckets: the current one and the 96 before it, so a deposit
 # counts for at least 24 hours (and less than 24 h 15 min) after it was taken.
@@ -78,6 +80,33 @@ class Subject:
 
 
 Key = tuple[Subject, str]  # (subject, currency)
+
+
+def parse_limit(value: Decimal, currency: str, field: str) -> int:
+    """A limit given as a decimal amount of `currency` ("1000.00"), in minor units: exact, above
+    zero, at most MAX_LIMIT minor units. Raises InvalidAmount (with `field`) or UnknownCurrency."""
+    exp = exponent(currency)
+    if not isinstance(value, Decimal) or not value.is_finite() or value <= 0:
+        raise InvalidAmount(f"{field} must be a decimal amount greater than zero", field)
+    _, digits, value_exp = value.as_tuple()
+    assert isinstance(value_exp, int)  # finite
+    if -value_exp > exp:
+        raise InvalidAmount(
+            f"{field} has more decimal places than {currency} allows ({exp})", field
+        )
+    # Bounded before it is expanded: no huge exponent becomes a huge integer.
+    if value.adjusted() + exp > len(str(MAX_LIMIT)):
+        raise _limit_too_large(currency, field)
+    minor: int = int("".join(map(str, digits))) * 10 ** (value_exp + exp)
+    if minor > MAX_LIMIT:
+        raise _limit_too_large(currency, field)
+    return minor
+
+
+def _limit_too_large(currency: str, field: str) -> InvalidAmount:
+    return InvalidAmount(
+        f"{field} must be at most {format_amount(MAX_LIMIT, currency)} {currency}", field
+    )
 
 
 def bucket_of(seconds: float) -> int:

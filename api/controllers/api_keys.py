@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 from uuid import UUID
 
@@ -13,7 +14,7 @@ from api.auth import ADMIN, SCOPES, Principal, forbidden, new_api_key
 from api.controllers.accounts import Cursor, Limit
 from api.errors import ApiError
 from api.pagination import decode_uuid_cursor, encode_cursor
-from api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ApiKeyPage
+from api.schemas import MAX_KEY_LIFETIME, ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ApiKeyPage
 from api.state import services_of
 from worker.store import access
 from worker.store.queries import Record
@@ -31,7 +32,29 @@ def api_key_out(row: Record) -> ApiKeyOut:
         rate_limit=row.rate_limit,
         created_at=row.created_at,
         last_used_at=row.last_used_at,
+        expires_at=row.expires_at,
+        expired=row.expired,
     )
+
+
+def check_expiry(data: ApiKeyCreate) -> None:
+    """At most one of expires_at and expires_in; expires_at in the future, within ten years."""
+    if data.expires_at is not None and data.expires_in is not None:
+        raise ApiError(
+            422,
+            "validation_error",
+            "Give expires_at or expires_in, not both.",
+            field="expires_in",
+        )
+    if data.expires_at is not None:
+        left = (data.expires_at - dt.datetime.now(dt.UTC)).total_seconds()
+        if not 0 < left <= MAX_KEY_LIFETIME:
+            raise ApiError(
+                422,
+                "validation_error",
+                "expires_at must be in the future and within ten years.",
+                field="expires_at",
+            )
 
 
 def key_owner(principal: Principal, data: ApiKeyCreate) -> UUID:
@@ -55,9 +78,12 @@ class ApiKeyController(Controller):
     ) -> Response[ApiKeyCreated]:
         """Create an API key. The answer holds the secret; it is not stored and cannot be shown again.
 
-        Send it as `X-API-Key`. The key acts as its user, limited to its scopes.
+        Send it as `X-API-Key`. The key acts as its user, limited to its scopes, until it is
+        revoked or, with `expires_at` or `expires_in`, until it expires (then it answers 401 like
+        an unknown key).
         """
         principal = request.user
+        check_expiry(data)
         scopes = [s for s in SCOPES if s in data.scopes]  # unique, in a fixed order
         if ADMIN in scopes and not principal.is_admin:
             raise forbidden("forbidden", "Only the admin may grant the admin scope.")
@@ -74,6 +100,8 @@ class ApiKeyController(Controller):
                 secret_hash=key.secret_hash,
                 scopes=scopes,
                 rate_limit=data.rate_limit,
+                expires_at=data.expires_at,
+                expires_in=data.expires_in,
             )
         created = ApiKeyCreated(**asdict(api_key_out(row)), secret=key.secret)
         return Response(created, status_code=HTTP_201_CREATED, headers=NO_STORE)
@@ -82,7 +110,8 @@ class ApiKeyController(Controller):
     async def list_api_keys(
         self, request: Request[Principal, Any, Any], limit: Limit = 100, cursor: Cursor = None
     ) -> ApiKeyPage:
-        """Your live API keys, oldest first, without secrets (the admin sees everyone's)."""
+        """Your unrevoked API keys, oldest first, without secrets, expired ones marked
+        `expired` (the admin sees everyone's)."""
         principal = request.user
         after = decode_uuid_cursor("api_key", cursor)
         async with services_of(request.app).reads.connect() as conn:

@@ -5,14 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import anyio.to_thread
+import structlog
 from litestar import Controller, Request, Response, post
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from redis.exceptions import RedisError
 
-from api.auth import Principal, hash_password, issue_token
+from api.auth import Principal, hash_password, issue_token, verify_token
 from api.errors import ApiError
-from api.schemas import RegisterRequest, TokenOut, UserOut
+from api.revocation import denylist_for
+from api.schemas import RegisterRequest, TokenOut, TokenRevoke, TokenRevoked, UserOut
 from api.state import services_of
 from worker.store import queries
+
+log = structlog.get_logger(__name__)
 
 # RFC 6749 5.1: responses carrying credentials must not be cached.
 NO_STORE = {"Cache-Control": "no-store"}
@@ -46,4 +51,34 @@ class AuthController(Controller):
         settings = services_of(request.app).settings
         token = issue_token(settings.require_secret_key(), request.user, settings.token_ttl)
         body = TokenOut(access_token=token, token_type="bearer", expires_in=settings.token_ttl)  # noqa: S106
+        return Response(body, headers=NO_STORE)
+
+    @post("/revoke", operation_id="revokeToken", status_code=HTTP_200_OK)
+    async def revoke_token(
+        self, request: Request[Principal, Any, Any], data: TokenRevoke
+    ) -> Response[TokenRevoked]:
+        """Revoke a bearer token (log out): from this answer on, every API process refuses it
+        with 401. Send the token in the body; any authenticated caller may revoke a token it
+        holds (holding it is already the power to use it), including the one it authenticates
+        with. An expired or malformed token answers `revoked: false` (RFC 7009: nothing to do).
+        """
+        settings = services_of(request.app).settings
+        try:
+            victim = verify_token(settings.require_secret_key(), data.token)
+        except ApiError:
+            return Response(TokenRevoked(revoked=False, confirmed=True), headers=NO_STORE)
+        assert victim.token_id is not None and victim.token_expires is not None
+        try:
+            confirmed, listening = await denylist_for(settings.redis_url).revoke(
+                victim.token_id, victim.token_expires
+            )
+        except RedisError as exc:
+            raise ApiError(
+                503,
+                "revocation_unavailable",
+                "The token could not be revoked now (Redis is unavailable); retry shortly.",
+                headers={"Retry-After": "1"},
+            ) from exc
+        log.info("token_revoked", user_id=str(victim.id), confirmed=confirmed, listening=listening)
+        body = TokenRevoked(revoked=True, confirmed=confirmed >= listening)
         return Response(body, headers=NO_STORE)

@@ -1,11 +1,13 @@
 """Unit tests for domain.limits: rolling windows and the judgement of deposit claims."""
 
+from decimal import Decimal
 from uuid import UUID
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from domain.errors import InvalidAmount, UnknownCurrency
 from domain.limits import (
     API_KEY,
     BUCKET_SECONDS,
@@ -23,6 +25,7 @@ from domain.limits import (
     Window,
     bucket_of,
     judge,
+    parse_limit,
 )
 from domain.money import MAX_MINOR_UNITS, parse_amount
 
@@ -233,3 +236,45 @@ def test_judge_leaves_its_inputs_alone_and_needs_limits_for_every_pair() -> None
         judge([claim(("EUR", 5))], stored, limits((ALICE, "USD")), T0)
     with pytest.raises(ValueError):
         judge([claim(("USD", 0))], stored, limits((ALICE, "USD")), T0)
+
+
+# ---------------------------------------------------------------- limits as the admin writes them
+
+
+@pytest.mark.parametrize(
+    ("value", "currency", "minor"),
+    [
+        ("1000.00", "USD", 100_000),
+        ("0.01", "USD", 1),
+        ("12", "JPY", 12),
+        ("1.5", "BHD", 1_500),
+        ("10000000000000000", "USD", MAX_LIMIT),
+        ("1000000000000000000", "JPY", MAX_LIMIT),
+    ],
+)
+def test_parse_limit(value: str, currency: str, minor: int) -> None:
+    assert parse_limit(Decimal(value), currency, "daily") == minor
+
+
+@pytest.mark.parametrize(
+    ("value", "currency", "message"),
+    [
+        ("0", "USD", "greater than zero"),
+        ("-1", "USD", "greater than zero"),
+        ("NaN", "USD", "greater than zero"),
+        ("Infinity", "USD", "greater than zero"),
+        ("0.001", "USD", "more decimal places"),
+        ("1.5", "JPY", "more decimal places"),
+        ("10000000000000000.01", "USD", "at most 10000000000000000.00 USD"),
+        ("1E+400", "USD", "at most"),
+    ],
+)
+def test_parse_limit_refuses(value: str, currency: str, message: str) -> None:
+    with pytest.raises(InvalidAmount, match=message) as info:
+        parse_limit(Decimal(value), currency, "daily")
+    assert info.value.field == "daily"
+
+
+def test_parse_limit_needs_a_known_currency() -> None:
+    with pytest.raises(UnknownCurrency):
+        parse_limit(Decimal("1"), "XXX", "daily")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from worker.store.queries import Record, new_id
 from worker.store.queries import _account_columns as account_columns
-from worker.store.tables import accounts, api_keys, users
+from worker.store.tables import accounts, api_keys, deposit_limits, users
 
 # How stale last_used_at may get: a busy key writes it at most once per this interval.
 LAST_USED_INTERVAL = dt.timedelta(seconds=60)
@@ -25,6 +27,9 @@ _key_columns = (
     api_keys.c.rate_limit,
     api_keys.c.created_at,
     api_keys.c.last_used_at,
+    api_keys.c.expires_at,
+    # Judged by the database's clock, as the lookup that refuses an expired key is.
+    sa.func.coalesce(api_keys.c.expires_at <= sa.func.now(), False).label("expired"),
 )
 
 
@@ -40,7 +45,13 @@ async def create_api_key(
     secret_hash: bytes,
     scopes: Sequence[str],
     rate_limit: int | None,
+    expires_at: dt.datetime | None = None,
+    expires_in: int | None = None,
 ) -> Record:
+    """A new key; it expires at `expires_at`, or `expires_in` seconds from the database's now."""
+    expiry: Any = expires_at
+    if expires_in is not None:
+        expiry = sa.func.now() + dt.timedelta(seconds=expires_in)
     return (
         await conn.execute(
             api_keys.insert()
@@ -52,6 +63,7 @@ async def create_api_key(
                 secret_hash=secret_hash,
                 scopes=list(scopes),
                 rate_limit=rate_limit,
+                expires_at=expiry,
             )
             .returning(*_key_columns)
         )
@@ -59,17 +71,30 @@ async def create_api_key(
 
 
 async def live_keys_with_prefix(conn: AsyncConnection, prefix: str) -> Sequence[Record]:
-    """Unrevoked keys whose secret starts with `prefix`, with their owner's name (one index probe).
-
-    The caller compares `secret_hash` in constant time; a prefix is not unique, only selective.
+    """Unrevoked, unexpired keys whose secret starts with `prefix`, with their owner's name (one
+    index probe). The caller compares `secret_hash` in constant time; a prefix is not unique,
+    only selective.
     """
     return (
         await conn.execute(
             sa.select(*_key_columns, api_keys.c.secret_hash, users.c.username)
             .join(users, users.c.id == api_keys.c.user_id)
-            .where(api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None))
+            .where(
+                api_keys.c.prefix == prefix,
+                api_keys.c.revoked_at.is_(None),
+                sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > sa.func.now()),
+            )
         )
     ).all()
+
+
+async def live_key_by_id(conn: AsyncConnection, key_id: UUID) -> Record | None:
+    """An unrevoked key (expired or not), without its secret."""
+    return (
+        await conn.execute(
+            sa.select(*_key_columns).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        )
+    ).one_or_none()
 
 
 async def touch_api_key(conn: AsyncConnection, key_id: UUID) -> None:
@@ -90,7 +115,8 @@ async def touch_api_key(conn: AsyncConnection, key_id: UUID) -> None:
 async def api_keys_page(
     conn: AsyncConnection, user_id: UUID | None, after: UUID | None, limit: int
 ) -> Sequence[Record]:
-    """Live keys, oldest first; of one user, or of everyone when user_id is None (the admin)."""
+    """Unrevoked keys (expired ones too, marked), oldest first; of one user, or of everyone when
+    user_id is None (the admin)."""
     query = sa.select(*_key_columns).where(api_keys.c.revoked_at.is_(None))
     if user_id is not None:
         query = query.where(api_keys.c.user_id == user_id)
@@ -136,3 +162,57 @@ async def accounts_page(
     if after is not None:
         query = query.where(accounts.c.id > after)
     return (await conn.execute(query.order_by(accounts.c.id).limit(limit))).all()
+
+
+# ---------------------------------------------------------------- deposit limits (admin)
+
+_limit_columns = (
+    deposit_limits.c.currency,
+    deposit_limits.c.per_operation,
+    deposit_limits.c.daily,
+    deposit_limits.c.window_head,
+    deposit_limits.c.window_sums,
+    sa.cast(sa.extract("epoch", sa.func.now()), sa.Float).label("now"),
+)
+
+
+async def deposit_limit_rows(conn: AsyncConnection, subject_id: UUID) -> Sequence[Record]:
+    """A subject's limit rows, by currency, with the database's now (to roll their windows)."""
+    return (
+        await conn.execute(
+            sa.select(*_limit_columns)
+            .where(deposit_limits.c.subject_id == subject_id)
+            .order_by(deposit_limits.c.currency)
+        )
+    ).all()
+
+
+async def set_deposit_limits(
+    conn: AsyncConnection,
+    subject_kind: str,
+    subject_id: UUID,
+    currency: str,
+    per_operation: int | None,
+    daily: int | None,
+) -> Record:
+    """Set (None: clear, back to the default) a subject's limits in one currency; its window of
+    deposits stays as it is. Locks the row like intake's group commit does."""
+    statement = insert(deposit_limits).values(
+        subject_id=subject_id,
+        currency=currency,
+        subject_kind=subject_kind,
+        per_operation=per_operation,
+        daily=daily,
+    )
+    return (
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["subject_id", "currency"],
+                set_={
+                    "per_operation": statement.excluded.per_operation,
+                    "daily": statement.excluded.daily,
+                    "updated_at": sa.func.now(),
+                },
+            ).returning(*_limit_columns)
+        )
+    ).one()
