@@ -78,6 +78,10 @@ class Subject:
         if self.kind not in SUBJECT_KINDS:
             raise ValueError(f"subject kind must be one of {SUBJECT_KINDS}, got {self.kind!r}")
 
+    def __hash__(self) -> int:
+        # UUID hashes in Python code; its integer hashes in C (subjects key every lookup).
+        return hash(self.id.int)
+
 
 Key = tuple[Subject, str]  # (subject, currency)
 
@@ -123,7 +127,7 @@ class Window:
     sums: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.sums) > WINDOW_BUCKETS or any(s < 0 for s in self.sums):
+        if len(self.sums) > WINDOW_BUCKETS or (self.sums and min(self.sums) < 0):
             raise ValueError(f"a window holds at most {WINDOW_BUCKETS} sums, none negative")
 
     def _by_bucket(self) -> dict[int, int]:
@@ -133,7 +137,9 @@ class Window:
     def rolled(self, bucket: int) -> Window:
         """The window as seen from `bucket`. A bucket before `head` (a clock behind the one that
         wrote last) counts as `head`: a window never rolls back, so nothing leaves it early."""
-        now = max(bucket, self.head)
+        if bucket <= self.head:
+            return self
+        now = bucket
         oldest = now - WINDOW_BUCKETS + 1
         kept = {b: amount for b, amount in self._by_bucket().items() if b >= oldest}
         if not kept:
@@ -204,48 +210,59 @@ def judge(
     Returns a verdict per claim (None: taken) and the windows that changed, rolled to `now`.
     """
     bucket = bucket_of(now)
-    current = dict(windows)
-    changed: set[Key] = set()
+    changed: dict[Key, Window] = {}
     verdicts: list[Refusal | None] = []
     for claim in claims:
-        refusal = _check(claim, current, limits, bucket, now)
-        verdicts.append(refusal)
-        if refusal is not None:
+        if not claim.deposits:
+            verdicts.append(None)
             continue
+        # Per currency: the claim's total and its largest deposit (the one a per-operation limit
+        # would refuse first).
+        totals: dict[str, int] = {}
+        largest: dict[str, int] = {}
         for currency, amount in claim.deposits:
+            if amount <= 0:
+                raise ValueError(f"a deposit's amount must be > 0, got {amount}")
+            totals[currency] = totals.get(currency, 0) + amount
+            largest[currency] = max(largest.get(currency, 0), amount)
+        # Each (subject, currency) looked up once per claim.
+        seen: list[tuple[Key, Limits, Window]] = []
+        for currency in totals:
             for subject in claim.subjects:
                 key = (subject, currency)
-                current[key] = current.get(key, Window()).plus(bucket, amount)
-                changed.add(key)
-    return verdicts, {key: current[key] for key in changed}
+                window = changed.get(key)
+                if window is None:
+                    window = windows.get(key, _EMPTY).rolled(bucket)
+                seen.append((key, limits[key], window))
+        refusal = _check(seen, totals, largest, now)
+        verdicts.append(refusal)
+        if refusal is None:
+            for key, _, window in seen:
+                changed[key] = window.plus(bucket, totals[key[1]])
+    return verdicts, changed
+
+
+_EMPTY = Window()
 
 
 def _check(
-    claim: Claim,
-    windows: Mapping[Key, Window],
-    limits: Mapping[Key, Limits],
-    bucket: int,
+    seen: Sequence[tuple[Key, Limits, Window]],
+    totals: Mapping[str, int],
+    largest: Mapping[str, int],
     now: float,
 ) -> Refusal | None:
-    totals: dict[str, int] = {}
-    for currency, amount in claim.deposits:
-        if amount <= 0:
-            raise ValueError(f"a deposit's amount must be > 0, got {amount}")
-        totals[currency] = totals.get(currency, 0) + amount
     # Per operation first, for every subject: a deposit over it can never be taken.
-    for currency, amount in claim.deposits:
-        for subject in claim.subjects:
-            limit = limits[(subject, currency)].per_operation
-            if amount > limit:
-                return Refusal(PER_OPERATION, subject, currency, limit, amount, limit, None)
-    for currency, total in totals.items():
-        for subject in claim.subjects:
-            daily = limits[(subject, currency)].daily
-            window = windows.get((subject, currency), Window()).rolled(bucket)
-            used = window.total()
-            if used + total <= daily:
-                continue
-            remaining = max(0, daily - used)
-            retry = None if total > daily else window.seconds_until(now, daily - total)
-            return Refusal(DAILY, subject, currency, daily, total, remaining, retry)
+    for (subject, currency), limits, _ in seen:
+        amount = largest[currency]
+        if amount > limits.per_operation:
+            limit = limits.per_operation
+            return Refusal(PER_OPERATION, subject, currency, limit, amount, limit, None)
+    for (subject, currency), limits, window in seen:
+        total, daily = totals[currency], limits.daily
+        used = window.total()
+        if used + total <= daily:
+            continue
+        remaining = max(0, daily - used)
+        retry = None if total > daily else window.seconds_until(now, daily - total)
+        return Refusal(DAILY, subject, currency, daily, total, remaining, retry)
     return None

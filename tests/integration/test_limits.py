@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -15,6 +16,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from api import intake
+from api.errors import ApiError
+from api.schemas import OperationRequest
 from tests.integration.support import (
     LedgerClient,
     Process,
@@ -25,9 +29,10 @@ from tests.integration.support import (
     wait_terminal,
 )
 from tests.integration.test_access import Caller, as_key, assert_problem, create_key, master
+from tests.integration.test_group_commit import in_process_api
 from worker.devservers import free_port
 from worker.routing import partition_for
-from worker.store.tables import accounts, deposit_limits
+from worker.store.tables import accounts, deposit_limits, operations
 
 __all__ = ["master"]  # a fixture
 
@@ -406,3 +411,57 @@ def second_api(service_env: dict[str, str], logs_dir: Path, api_url: str) -> Ite
         yield url
     finally:
         process.stop()
+
+
+# ---------------------------------------------------------------- one group commit, many requests
+
+
+async def test_in_one_group_each_request_is_judged_alone_and_in_order(
+    alice: LedgerClient, bob: LedgerClient, master: Caller, engine: Engine
+) -> None:
+    """Requests of one group commit (submitted in one event-loop turn): a request over the limit
+    is refused whole and alone; one that shared a key with it lost its row with it and is refused
+    too (never answered as the replay of a row that is gone); others, and other users, go on."""
+    mine, theirs = await alice.create_account(), await bob.create_account()
+    await set_limits(master, user_limits(alice), daily="100.00")
+    async with in_process_api() as services:
+        for user, account in ((alice, mine), (bob, theirs)):
+            await intake.submit(services, UUID(user.user_id), [one(key(), account, "1.00")])
+        shared = key()
+        requests = [
+            (alice, [one(key(), mine, "50.00")]),  # taken: 51 of 100
+            (alice, [one(shared, mine, "30.00"), one(key(), mine, "30.00")]),  # 111: refused
+            (alice, [one(shared, mine, "30.00")]),  # its row went with the refused request
+            (bob, [one(key(), theirs, "500.00")]),  # another user: not affected
+            (alice, [one(key(), mine, "49.00")]),  # taken: 100 of 100
+        ]
+        before = services.committer.groups
+        results = await asyncio.gather(
+            *(intake.submit(services, UUID(u.user_id), batch_) for u, batch_ in requests),
+            return_exceptions=True,
+        )
+        assert services.committer.groups == before + 1
+        # The same request alone, later: taken once the day has room (it has none now).
+        retried = await asyncio.gather(
+            intake.submit(services, UUID(alice.user_id), [one(shared, mine, "30.00")]),
+            return_exceptions=True,
+        )
+    taken = [r[0] for r in (results[0], results[3], results[4]) if isinstance(r, list)]
+    assert len(taken) == 3 and all(isinstance(o, intake.Accepted) and o.created for o in taken)
+    for refused in (results[1], results[2], retried[0]):
+        assert isinstance(refused, ApiError), refused
+        assert (refused.status_code, refused.code) == (429, "deposit_limit_exceeded")
+    wait_terminal(engine, [o.row.id for o in taken if isinstance(o, intake.Accepted)])
+    assert (await alice.balance(mine), await bob.balance(theirs)) == ("100.00", "501.00")
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.select(sa.func.count()).where(operations.c.idempotency_key == shared)
+        ).scalar_one()
+    assert stored == 0
+
+
+def one(idempotency_key: str, account: str, amount: str) -> intake.Submission:
+    return intake.Submission(
+        idempotency_key,
+        OperationRequest(type="deposit", account_id=UUID(account), amount=Decimal(amount)),
+    )
