@@ -719,23 +719,29 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     stop = _Stop()
     stop.install()
-    data_dir = Path(os.environ.get("LEDGERQ_DATA_DIR") or DEFAULT_DATA_DIR).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with _dev_lock(data_dir):
-        servers = _embedded_servers(data_dir)
-        try:
-            settings = _dev_environment(data_dir)
-            _check_port_free(settings.api_host, settings.api_port)
-            if stop.requested:
-                return 0
-            _say("dev", "migrating the database to the latest revision")
-            with _explain_connection_errors(settings.database_url):
-                migrate.upgrade(settings.database_url)
-            if stop.requested:
-                return 0
-            return _supervise(settings, data_dir, stop)
-        finally:
-            _stop_servers(servers)
+    try:
+        data_dir = Path(os.environ.get("LEDGERQ_DATA_DIR") or DEFAULT_DATA_DIR).resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with _dev_lock(data_dir):
+            servers = _embedded_servers(data_dir)
+            try:
+                settings = _dev_environment(data_dir)
+                _check_port_free(settings.api_host, settings.api_port)
+                if stop.requested:
+                    return 0
+                _say("dev", "migrating the database to the latest revision")
+                with _explain_connection_errors(settings.database_url):
+                    migrate.upgrade(settings.database_url)
+                if stop.requested:
+                    return 0
+                return _supervise(settings, data_dir, stop)
+            finally:
+                _stop_servers(servers)
+    finally:
+        # Everything is stopped: a late signal must not change the exit status (while Python
+        # shuts down it would find the default action, death, in place of our handler).
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------- argument parsing

@@ -54,9 +54,10 @@ def test_postgres_survives_restart(tmp_path: Path) -> None:
             assert conn.execute("show max_connections").fetchone() == ("200",)
             conn.execute("create table entries (id int primary key, amount numeric not null)")
             conn.execute("insert into entries values (1, 12.34)")
-        # A second start on a live data dir reuses the running server.
+        # A second start on a live data dir reuses the running server, and says it did not start it.
         again = start_postgres(data_dir)
         assert (again.pid, again.url) == (server.pid, server.url)
+        assert server.started and not again.started
     finally:
         server.stop()
     _assert_gone(server)
@@ -88,6 +89,7 @@ def test_redis_survives_restart(tmp_path: Path) -> None:
         client.close()
         again = start_redis(data_dir)
         assert (again.pid, again.url) == (server.pid, server.url)
+        assert server.started and not again.started
     finally:
         server.stop()
     _assert_gone(server)
