@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from api import intake
 from api.errors import ApiError
 from api.schemas import OperationRequest
+from domain.limits import DEFAULT_LIMITS, USER, Subject
 from tests.integration.support import (
     LedgerClient,
     Process,
@@ -32,6 +33,8 @@ from tests.integration.test_access import Caller, as_key, assert_problem, create
 from tests.integration.test_group_commit import in_process_api
 from worker.devservers import free_port
 from worker.routing import partition_for
+from worker.store import queries
+from worker.store.fast import FastStore
 from worker.store.tables import accounts, deposit_limits, operations
 
 __all__ = ["master"]  # a fixture
@@ -465,3 +468,40 @@ def one(idempotency_key: str, account: str, amount: str) -> intake.Submission:
         idempotency_key,
         OperationRequest(type="deposit", account_id=UUID(account), amount=Decimal(amount)),
     )
+
+
+async def test_a_limit_row_taken_for_created_but_missing_is_created(
+    alice: LedgerClient, engine: Engine, service_env: dict[str, str]
+) -> None:
+    """A process remembers which limit rows exist (to skip creating them); when its database was
+    replaced under it, the group commit creates the missing row instead of failing."""
+    account = await alice.create_account()
+    user = Subject(USER, UUID(alice.user_id))
+    queries._known_limit_rows.add((user, "USD"))
+    new = queries.NewOperation(
+        principal_id=user.id,
+        idempotency_key=key(),
+        fingerprint="f",
+        type="deposit",
+        account_id=UUID(account),
+        to_account_id=None,
+        amount=1_00,
+        currency="USD",
+        partition=partition_for(UUID(account), PARTITIONS),
+        category=None,
+        description=None,
+        limits=DEFAULT_LIMITS,
+    )
+    fast = FastStore(service_env["LEDGERQ_DATABASE_URL"], size=2)
+    await fast.open()
+    try:
+        stored = await queries.insert_operations_limited(fast, [[new]])
+    finally:
+        await fast.close()
+    assert stored[(user.id, new.idempotency_key)].id == new.id and stored.refused == {}
+    with engine.connect() as conn:
+        sums = conn.execute(
+            sa.select(deposit_limits.c.window_sums).where(deposit_limits.c.subject_id == user.id)
+        ).scalar_one()
+    assert sums == [1_00]
+    wait_terminal(engine, [new.id])

@@ -486,6 +486,13 @@ async def insert_operations_limited(
             if not all(pair in _known_limit_rows for pair in ordered):
                 opening.append((_CREATE_LIMIT_ROWS, subjects))
             [limit_rows] = await _run_many(cursor, [*opening, (_LOCK_LIMIT_ROWS, subjects)])
+            if len(limit_rows) < len(ordered):
+                # A row this process took for created is missing (its database was replaced):
+                # create what is missing, in this transaction, and lock again.
+                _known_limit_rows.difference_update(ordered)
+                [limit_rows] = await _run_many(
+                    cursor, [(_CREATE_LIMIT_ROWS, subjects), (_LOCK_LIMIT_ROWS, subjects)]
+                )
             created = await (
                 await conn.execute(
                     _INSERT_OPERATIONS.sql,
