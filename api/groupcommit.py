@@ -12,9 +12,9 @@ that arrived during the previous one; idle, a submit costs what a lone INSERT co
 
 Deposit limits are checked here, once per group, not per request: a group holding deposits of
 limited principals locks their limit rows, stores its operations, judges each request's new
-deposits against the rolling windows and writes them back, in one transaction (two pipelined
-round trips instead of one; worker/store/queries.py insert_operations_limited). A request over a
-limit is refused whole, nothing of it stored; the other requests of its group are not affected.
+deposits against the rolling windows and writes them back, in one transaction (two round trips
+more than a group without deposits; worker/store/queries.py insert_operations_limited). A request
+over a limit is refused whole, nothing of it stored; the other requests of its group go on.
 """
 
 from __future__ import annotations
