@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from tests.integration.isolated import descendants, kill_all, live, processes, wait_until
-from worker.devservers import free_port
+from worker.devservers import free_port, start_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_WITHIN = 150.0
@@ -184,6 +185,29 @@ def test_a_second_dev_on_the_same_data_folder_is_refused_and_the_first_keeps_run
         15,
         lambda: f"left running: {_describe(run_processes(data_dir))}",
     )
+
+
+@pytest.mark.timeout(300)
+def test_dev_leaves_running_a_server_it_did_not_start(data_dir: Path, tmp_path: Path) -> None:
+    """A PostgreSQL already running in the data folder (here started by hand) is used, and still
+    runs after dev stops; the Redis dev started itself is stopped."""
+    found = start_postgres(data_dir / "postgres")
+    try:
+        dev = Dev(_dev_env(data_dir, free_port()), tmp_path / "dev.log")
+        dev.wait_ready()
+        said = dev.output()
+        assert f"embedded postgres (pid {found.pid}) was already running" in said, said
+        redis_pid = _server_pid(data_dir / "redis" / "valkey.pid")
+
+        dev.proc.send_signal(signal.SIGTERM)
+        assert dev.wait_exit() == 0, dev.output()[-4000:]
+        assert live({found.pid}) == [found.pid], dev.output()[-4000:]
+        with psycopg.connect(found.url.replace("postgresql+psycopg", "postgresql")) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        assert not live({redis_pid})
+        assert run_processes(data_dir) <= {found.pid, *descendants(found.pid)}
+    finally:
+        found.stop()
 
 
 # --------------------------------------------------------------------------- killed hard
