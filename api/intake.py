@@ -12,7 +12,8 @@ earlier deposits leave the rolling day), and nothing of it is stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -27,7 +28,7 @@ from domain.errors import DomainError
 from domain.idempotency import request_fingerprint
 from domain.limits import DAILY, Limits, Refusal
 from domain.model import CUSTOMER_KINDS
-from domain.money import format_amount, parse_amount
+from domain.money import check_amount_token, format_amount, parse_amount
 from domain.returns import parse_scaled
 from worker.routing import partition_for
 from worker.settings import Settings
@@ -41,6 +42,9 @@ log = structlog.get_logger(__name__)
 class Submission:
     idempotency_key: str
     request: OperationRequest
+    # The decimal fields as the client wrote them (api/rawjson.py), held to the amount grammar
+    # before their decoded values are used: the JSON decoder reads " 1.00" or "1e2" leniently.
+    texts: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ def prepare(
         # Someone else's account is indistinguishable from a missing one.
         return ApiError(404, "account_not_found", "No such account.", field="account_id")
     try:
+        for name, text in submission.texts.items():
+            check_amount_token(text, name)
         amount = parse_amount(data.amount, account.currency) if data.amount is not None else 0
         quantity = parse_scaled(data.quantity, "quantity") if data.quantity is not None else None
     except DomainError as exc:

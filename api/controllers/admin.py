@@ -25,6 +25,7 @@ from api.errors import ApiError
 from api.metrics import OPERATIONS_SUBMITTED, read_queue_facts
 from api.pagination import decode_uuid_cursor, encode_cursor
 from api.prefer import parse_prefer_wait
+from api.rawjson import decimal_texts
 from api.schemas import (
     AdminAccountOut,
     AdminAccountPage,
@@ -267,7 +268,10 @@ class AdminController(Controller):
             description=data.description,
         )
         [outcome] = await intake.submit(
-            services, principal.id, [intake.Submission(key, body)], admin=True
+            services,
+            principal.id,
+            [intake.Submission(key, body, decimal_texts(await request.body()))],
+            admin=True,
         )
         if isinstance(outcome, ApiError):
             raise outcome

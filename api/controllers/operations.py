@@ -16,6 +16,7 @@ from api.errors import ApiError
 from api.metrics import OPERATIONS_SUBMITTED
 from api.pagination import decode_int_cursor, encode_cursor
 from api.prefer import parse_prefer_wait
+from api.rawjson import batch_decimal_texts, decimal_texts
 from api.schemas import (
     BatchItemResult,
     BatchRequest,
@@ -126,7 +127,10 @@ class OperationController(Controller):
         """
         key = parse_idempotency_key(idempotency_key)
         services = services_of(request.app)
-        [outcome] = await intake.submit(services, request.user.id, [intake.Submission(key, data)])
+        texts = decimal_texts(await request.body())
+        [outcome] = await intake.submit(
+            services, request.user.id, [intake.Submission(key, data, texts)]
+        )
         if isinstance(outcome, ApiError):
             raise outcome
         row = outcome.row
@@ -157,7 +161,11 @@ class OperationController(Controller):
         problem (4xx). Invalid items are skipped; the others are stored.
         """
         services = services_of(request.app)
-        submissions = [intake.Submission(item.idempotency_key, item) for item in data.operations]
+        texts = batch_decimal_texts(await request.body(), len(data.operations))
+        submissions = [
+            intake.Submission(item.idempotency_key, item, item_texts)
+            for item, item_texts in zip(data.operations, texts, strict=True)
+        ]
         outcomes = await intake.submit(services, request.user.id, submissions)
         results: list[BatchItemResult] = []
         for index, outcome in enumerate(outcomes):

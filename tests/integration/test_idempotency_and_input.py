@@ -111,6 +111,12 @@ BAD_BODIES: list[tuple[str, dict[str, Any], int, str, str | None]] = [
     ("infinity", {"amount": "Infinity"}, 422, "invalid_amount", "amount"),
     ("over the limit", {"amount": "10000000000000.01"}, 422, "invalid_amount", "amount"),
     ("not a number", {"amount": "ten"}, 422, "validation_error", "amount"),
+    # Python's Decimal (and so the JSON decoder) reads these; the documented grammar does not.
+    ("leading space", {"amount": " 1.00"}, 422, "invalid_amount", "amount"),
+    ("trailing space", {"amount": "1.00 "}, 422, "invalid_amount", "amount"),
+    ("digit separator", {"amount": "1_000"}, 422, "invalid_amount", "amount"),
+    ("plus sign", {"amount": "+1"}, 422, "invalid_amount", "amount"),
+    ("exponent", {"amount": "1e2"}, 422, "invalid_amount", "amount"),
     ("boolean", {"amount": True}, 422, "validation_error", "amount"),
     ("missing amount", {"amount": None}, 422, "validation_error", "amount"),
     ("unknown type", {"type": "mint"}, 422, "validation_error", "type"),
@@ -285,3 +291,33 @@ async def test_bodies_must_be_declared_json(alice: LedgerClient, engine: Engine)
         )
         assert r.status_code == 202, r.text
     assert operation_count(engine, alice.user_id) == 2
+
+
+async def test_amounts_written_outside_the_grammar_change_nothing(
+    alice: LedgerClient, engine: Engine
+) -> None:
+    """A JSON number with an exponent (raw JSON: no encoder writes 1e2 for us), alone or as one
+    item of a batch, whose other item is stored."""
+    account = await alice.create_account()
+    headers = {"Content-Type": "application/json"}
+    body = f'{{"type": "deposit", "account_id": "{account}", "amount": 1e2}}'
+    r = await alice.request(
+        "POST", "/api/v1/operations", content=body, headers={**headers, "Idempotency-Key": key()}
+    )
+    assert assert_problem(r, 422, "invalid_amount")["field"] == "amount"
+    items = [
+        f'{{"idempotency_key": "{key()}", "type": "deposit", "account_id": "{account}", '
+        f'"amount": {amount}}}'
+        for amount in ('"1.00"', '" 2.00"', "3E0")
+    ]
+    r = await alice.request(
+        "POST",
+        "/api/v1/operations/batch",
+        content=f'{{"operations": [{", ".join(items)}]}}',
+        headers=headers,
+    )
+    assert r.status_code == 207, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [202, 422, 422]
+    assert {x["error"]["code"] for x in results[1:]} == {"invalid_amount"}
+    assert operation_count(engine, alice.user_id) == 1
