@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 
 from api.errors import ApiError
 from api.state import Services, services_of
+from api.waiters import raise_if_cancelled
 from worker.leases import LEASE_TTL, REGISTRY_KEY, lease_key
 from worker.metrics import READ_RECENT, RECENT_PREFIX, RECENT_WINDOW, parse_recent
 from worker.store.tables import operations
@@ -206,6 +207,7 @@ class QueueGauges:
                 raise
             except Exception as exc:  # read_queue_facts marks a failed source; anything else
                 log.warning("queue_gauges_refresh_failed", error=str(exc))
+            raise_if_cancelled()
             await asyncio.sleep(self.interval)
 
 

@@ -40,6 +40,16 @@ FinalOperations = Callable[[list[str]], Awaitable[Iterable[str]]]
 Balances = Callable[[list[str]], Awaitable[Mapping[str, int]]]
 
 
+def raise_if_cancelled() -> None:
+    """Background loops call this before sleeping. A cancellation that lands in a driver while it
+    connects can come out as an ordinary error (caught and logged as a failed refresh); the task
+    is then still marked as cancelling but its next sleep is not interrupted, and the lifespan
+    shutdown that awaits it would wait forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class AccountFollower:
     """One WebSocket following an account: its queue of event batches (or REREAD), and the
     balance (minor units) it last sent, which the periodic look compares with the ledger."""
@@ -191,3 +201,4 @@ class CompletionWaiters:
                 raise
             except Exception as exc:
                 log.warning("follow_recheck_failed", error=first_line(exc))
+            raise_if_cancelled()
