@@ -50,12 +50,12 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-class AccountFollower:
-    """One WebSocket following an account: its queue of event batches (or REREAD), and the
+class AccountFollower(asyncio.Queue[list[dict[str, Any]]]):
+    """One WebSocket following an account: a queue of event batches (or REREAD), and the
     balance (minor units) it last sent, which the periodic look compares with the ledger."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue(ACCOUNT_QUEUE_SIZE)
+        super().__init__(ACCOUNT_QUEUE_SIZE)
         self.balance: int | None = None
         # The ledger's balance seen by the previous look while this follower's differed.
         self._behind: int | None = None
@@ -110,7 +110,7 @@ class CompletionWaiters:
         for account, account_events in touched.items():
             for follower in self._following.get(account, ()):
                 try:
-                    follower.queue.put_nowait(account_events)
+                    follower.put_nowait(account_events)
                 except asyncio.QueueFull:
                     log.warning("account_follower_behind", account_id=account)
 
@@ -188,7 +188,7 @@ class CompletionWaiters:
                     if follower.compare(ledger.get(account)):
                         log.info("account_follower_reread", account_id=account)
                         with contextlib.suppress(asyncio.QueueFull):
-                            follower.queue.put_nowait(REREAD)
+                            follower.put_nowait(REREAD)
 
     async def watch(self, final_operations: FinalOperations, balances: Balances) -> None:
         """Every `recheck` seconds, `look`; a failed look (PostgreSQL down) is logged and tried
