@@ -13,8 +13,13 @@ disfavour by more):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
 from uuid import UUID
+
+from domain.money import exponent
 
 UNIT_SCALE = 10**8  # units and prices carry 8 decimals
 PRICE_SCALE = 10**8
@@ -124,3 +129,77 @@ def redeem(
         price=price,
         cash=cash,
     )
+
+
+# ---------------------------------------------------------------- holdings at their latest close
+
+
+class Holding(Protocol):
+    """What is held of one asset in one account (a stored position, read with its asset's
+    currency and latest close; None while the asset has no close)."""
+
+    @property
+    def currency(self) -> str: ...
+    @property
+    def units(self) -> int: ...
+    @property
+    def invested(self) -> int: ...
+    @property
+    def close(self) -> int | None: ...
+
+
+class ClientHolding(Holding, Protocol):
+    """A holding of one client (admin reports)."""
+
+    @property
+    def client_id(self) -> UUID: ...
+    @property
+    def username(self) -> str: ...
+
+
+def holding_value(holding: Holding) -> int | None:
+    """Market value in minor units at the latest close (rounded down, as a sale would be); None
+    while the asset has no close."""
+    if holding.close is None:
+        return None
+    return market_value(holding.units, exponent(holding.currency), holding.close)
+
+
+@dataclass(frozen=True, slots=True)
+class CurrencyTotal:
+    """Holdings of one currency summed (money of different currencies is never added): the cash
+    invested and the market value, unpriced holdings counting nothing. Portfolios add returns."""
+
+    currency: str
+    invested: int
+    market_value: int
+    simple_return: Decimal | None = None
+    time_weighted_return: Decimal | None = None
+
+
+def currency_totals(holdings: Iterable[Holding]) -> list[CurrencyTotal]:
+    """Totals per currency, by currency code."""
+    sums: dict[str, list[int]] = {}
+    for h in holdings:
+        acc = sums.setdefault(h.currency, [0, 0])
+        acc[0] += h.invested
+        acc[1] += holding_value(h) or 0
+    return [CurrencyTotal(c, invested, value) for c, (invested, value) in sorted(sums.items())]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTotals:
+    client_id: UUID
+    username: str
+    totals: list[CurrencyTotal]
+
+
+def client_totals(holdings: Iterable[ClientHolding]) -> list[ClientTotals]:
+    """Each client's totals per currency, clients in the order they first appear."""
+    by_client: dict[UUID, tuple[str, list[ClientHolding]]] = {}
+    for h in holdings:
+        by_client.setdefault(h.client_id, (h.username, []))[1].append(h)
+    return [
+        ClientTotals(client_id, username, currency_totals(held))
+        for client_id, (username, held) in by_client.items()
+    ]

@@ -170,6 +170,26 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
+class Standing:
+    """A subject's limits in one currency as they stand at a moment: the limits in effect (its
+    own values over the defaults), what its rolling day counts, and what may still come in."""
+
+    limits: Limits
+    used: int
+    remaining: int
+
+
+def standing(
+    defaults: Limits, per_operation: int | None, daily: int | None, window: Window, now: float
+) -> Standing:
+    """Where a subject stands at `now` (seconds since the epoch) with its own values (None: the
+    default) and its stored window, rolled to `now`."""
+    limits = defaults.overridden(per_operation, daily)
+    used = window.rolled(bucket_of(now)).total()
+    return Standing(limits, used, max(0, limits.daily - used))
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """One request's new deposits, (currency, amount) in request order, counted against each of
     `subjects`. Replays of deposits taken earlier are not part of a claim."""

@@ -16,12 +16,22 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from typing import Protocol
 from uuid import UUID
 
 from domain.errors import DomainError
-from domain.investments import PRICE_SCALE, UNIT_SCALE, market_value
+from domain.investments import (
+    PRICE_SCALE,
+    UNIT_SCALE,
+    CurrencyTotal,
+    Holding,
+    currency_totals,
+    holding_value,
+    market_value,
+)
+from domain.money import exponent
 
 RETURN_PLACES = Decimal("0.000001")
 MAX_PRICE = 10**12 * PRICE_SCALE  # a trillion per unit: far above any real close
@@ -158,6 +168,85 @@ def combine(series: Iterable[Sequence[DailyValue]]) -> list[DailyValue]:
             acc[0] += p.value
             acc[1] += p.flow
     return [DailyValue(day, v, f) for day, (v, f) in sorted(totals.items())]
+
+
+class HeldAsset(Holding, Protocol):
+    """A holding of an asset (portfolios)."""
+
+    @property
+    def asset_id(self) -> UUID: ...
+
+
+def portfolio_period(
+    since: dt.date | None, until: dt.date | None, trades: Iterable[Trade], today: dt.date
+) -> tuple[dt.date, dt.date]:
+    """The days a portfolio's returns cover: [since, until], until defaulting to today and since to
+    the first trade's day (or `until` when there is none)."""
+    end = until or today
+    return since or min((t.day for t in trades), default=end), end
+
+
+@dataclass(frozen=True, slots=True)
+class ValuedHolding:
+    """One holding at its latest close (None while unpriced) and the returns of its asset."""
+
+    market_value: int | None
+    simple_return: Decimal | None
+    time_weighted_return: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class Portfolio:
+    since: dt.date
+    until: dt.date
+    # One per holding, in the order given.
+    holdings: list[ValuedHolding]
+    # Per currency, by currency code, with both returns.
+    totals: list[CurrencyTotal]
+
+
+def value_portfolio(
+    held: Sequence[HeldAsset],
+    trades: Sequence[Trade],
+    closes: Mapping[UUID, Mapping[dt.date, int]],
+    since: dt.date,
+    until: dt.date,
+) -> Portfolio:
+    """Holdings at their latest close with simple returns, and time-weighted returns over
+    [since, until] per asset (over every account holding it) and per currency (the assets of a
+    currency combined). `closes`: each asset's closes in the period and the last one before it."""
+    days = days_between(since, until) if since <= until else []
+    series = {
+        h.asset_id: daily_values(
+            [t for t in trades if t.asset_id == h.asset_id],
+            closes.get(h.asset_id, {}),
+            days,
+            exponent(h.currency),
+        )
+        for h in held
+    }
+    currency_of = {h.asset_id: h.currency for h in held}
+    valued = []
+    for h in held:
+        value = holding_value(h)
+        valued.append(
+            ValuedHolding(
+                market_value=value,
+                simple_return=simple_return(h.invested, value) if value is not None else None,
+                time_weighted_return=time_weighted_return(series[h.asset_id]),
+            )
+        )
+    totals = [
+        replace(
+            total,
+            simple_return=simple_return(total.invested, total.market_value),
+            time_weighted_return=time_weighted_return(
+                combine(s for a, s in series.items() if currency_of[a] == total.currency)
+            ),
+        )
+        for total in currency_totals(held)
+    ]
+    return Portfolio(since, until, valued, totals)
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ from domain.limits import (
     WINDOW_BUCKETS,
     Claim,
     Limits,
+    Standing,
     Subject,
     Window,
     bucket_of,
     judge,
     parse_limit,
+    standing,
 )
 from domain.money import MAX_MINOR_UNITS, parse_amount
 
@@ -278,3 +280,21 @@ def test_parse_limit_refuses(value: str, currency: str, message: str) -> None:
 def test_parse_limit_needs_a_known_currency() -> None:
     with pytest.raises(UnknownCurrency):
         parse_limit(Decimal("1"), "XXX", "daily")
+
+
+# ---------------------------------------------------------------- where a subject stands
+
+
+def test_standing_is_the_limits_in_effect_and_what_the_rolling_day_holds() -> None:
+    b = bucket_of(T0)
+    window = Window(b - 1, (700, 300))
+    now = standing(Limits(1_000, 5_000), None, 2_000, window, T0)
+    assert now == Standing(Limits(1_000, 2_000), used=1_000, remaining=1_000)
+    # Nothing of its own: the defaults; an empty window counts nothing.
+    assert standing(DEFAULT_LIMITS, None, None, Window(), T0) == Standing(
+        DEFAULT_LIMITS, 0, DEFAULT_DAILY
+    )
+    # A day later both buckets have left the window.
+    assert standing(Limits(1_000, 5_000), None, None, window, T0 + DAY + BUCKET_SECONDS).used == 0
+    # Over a limit lowered below what was taken: nothing remains, never less.
+    assert standing(Limits(1_000, 5_000), None, 500, window, T0).remaining == 0
