@@ -14,7 +14,8 @@ from dataclasses import dataclass
 # The API has three pools of at least one connection each.
 MIN_POOL_SIZE = 3
 # A worker process applies one partition at a time (prefork: a child per task), and the sweeper
-# runs between drains: one connection in use, a second for a task whose first was just cut.
+# runs between drains: one connection in use, a second for a task whose first was just cut. (With
+# `ledgerq worker --pool threads --concurrency N` the threads share these two.)
 WORKER_PROCESS_CONNECTIONS = 2
 # Connections a deployment should leave free: `ledgerq migrate`, psql, backups, monitoring.
 ROOM = 10
