@@ -32,6 +32,7 @@ from api.errors import (
 )
 from api.logging import RequestEdge
 from api.metrics import HttpMetrics, metrics
+from api.pagination import PageSchemaPlugin
 from api.ratelimit import (
     RATE_LIMIT_EXCLUDE,
     RATE_LIMIT_STORE,
@@ -102,6 +103,7 @@ def create_litestar(settings: Settings | None = None) -> Litestar:
             problem_details_plugin(),
             ProblemResponsesPlugin(PUBLIC_PATHS, probe_paths=RATE_LIMIT_EXCLUDE),
             channels_plugin(redis_client),
+            PageSchemaPlugin(),
         ],
         exception_handlers={Exception: internal_error_handler},
         lifespan=[lifespan_for(settings, redis_client, CredentialCache())],

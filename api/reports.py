@@ -1,47 +1,26 @@
-"""Investment reports for the API: the monthly captado (cached in Redis) and portfolios."""
+"""Investment reports for the API: the monthly captado (cached in Redis), portfolios and the
+admin's client totals. Each reads what it needs, has domain/ compute it, and presents it
+(api/presenters.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 from uuid import UUID
 
 import msgspec
 import structlog
 
-from api.schemas import (
-    CaptadoAsset,
-    CaptadoClient,
-    CaptadoOut,
-    CurrencyAmount,
-    PortfolioOut,
-    PortfolioTotal,
-    PositionOut,
-)
+from api.presenters import captado_out, portfolio_out
+from api.schemas import CaptadoOut, PortfolioOut
 from api.state import Services
-from domain.investments import market_value
-from domain.money import exponent, format_amount
-from domain.returns import (
-    Trade,
-    captado,
-    combine,
-    daily_values,
-    days_between,
-    format_scaled,
-    month_bounds,
-    simple_return,
-    time_weighted_return,
-)
+from domain.investments import ClientTotals, client_totals
+from domain.returns import month_bounds, portfolio_period, value_portfolio
 from worker.events import captado_cache_key
 from worker.store import investments
 
 log = structlog.get_logger(__name__)
 
 CAPTADO_TTL_SECONDS = 3600
-
-
-def _ratio(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 async def captado_report(services: Services, year: int, month: int) -> CaptadoOut:
@@ -60,51 +39,12 @@ async def captado_report(services: Services, year: int, month: int) -> CaptadoOu
         names = await investments.names_for(
             conn, {t.asset_id for t in trades}, {t.client_id for t in trades}
         )
-    report = build_captado(year, month, trades, names)
+    report = captado_out(year, month, trades, names)
     try:
         await services.redis.set(key, msgspec.json.encode(report), ex=CAPTADO_TTL_SECONDS)
     except Exception as exc:
         log.warning("captado_cache_unavailable", error=str(exc))
     return report
-
-
-def build_captado(
-    year: int,
-    month: int,
-    trades: list[Trade],
-    names: tuple[dict[UUID, tuple[str, str]], dict[UUID, str]],
-) -> CaptadoOut:
-    tickers, usernames = names
-    result = captado(trades)
-    return CaptadoOut(
-        year=year,
-        month=month,
-        operations=len(trades),
-        totals=[
-            CurrencyAmount(currency=c, amount=format_amount(v, c))
-            for c, v in sorted(result.total.items())
-        ],
-        by_asset=[
-            CaptadoAsset(
-                asset_id=asset_id,
-                ticker=tickers[asset_id][0],
-                currency=tickers[asset_id][1],
-                amount=format_amount(v, tickers[asset_id][1]),
-            )
-            for asset_id, v in sorted(result.by_asset.items(), key=lambda kv: tickers[kv[0]][0])
-        ],
-        by_client=[
-            CaptadoClient(
-                client_id=client_id,
-                username=usernames.get(client_id, ""),
-                currency=c,
-                amount=format_amount(v, c),
-            )
-            for (client_id, c), v in sorted(
-                result.by_client.items(), key=lambda kv: (usernames.get(kv[0][0], ""), kv[0][1])
-            )
-        ],
-    )
 
 
 async def portfolio(
@@ -114,66 +54,16 @@ async def portfolio(
     async with services.reads.connect() as conn:
         held = await investments.positions_for_owner(conn, owner_id)
         trades = await investments.trades_for_owner(conn, owner_id)
-        today = dt.datetime.now(dt.UTC).date()
-        end = until or today
-        start = since or min((t.day for t in trades), default=end)
+        start, end = portfolio_period(since, until, trades, dt.datetime.now(dt.UTC).date())
         closes = await investments.closes_for(
             conn, {p.asset_id for p in held} | {t.asset_id for t in trades}, start, end
         )
-    days = days_between(start, end) if start <= end else []
-    # Returns are per asset (over every account of the owner), the totals per currency.
-    series_by_asset = {
-        p.asset_id: daily_values(
-            [t for t in trades if t.asset_id == p.asset_id],
-            closes.get(p.asset_id, {}),
-            days,
-            exponent(p.currency),
-        )
-        for p in held
-    }
-    currency_of = {p.asset_id: p.currency for p in held}
-    positions: list[PositionOut] = []
-    totals: dict[str, list[int]] = {}
-    for p in held:
-        value = (
-            market_value(p.units, exponent(p.currency), p.close) if p.close is not None else None
-        )
-        acc = totals.setdefault(p.currency, [0, 0])
-        acc[0] += p.invested
-        acc[1] += value or 0
-        positions.append(
-            PositionOut(
-                account_id=p.account_id,
-                asset_id=p.asset_id,
-                ticker=p.ticker,
-                name=p.name,
-                currency=p.currency,
-                units=format_scaled(p.units),
-                invested=format_amount(p.invested, p.currency),
-                close=format_scaled(p.close) if p.close is not None else None,
-                market_value=format_amount(value, p.currency) if value is not None else None,
-                simple_return=_ratio(
-                    simple_return(p.invested, value) if value is not None else None
-                ),
-                time_weighted_return=_ratio(time_weighted_return(series_by_asset[p.asset_id])),
-            )
-        )
-    return PortfolioOut(
-        since=start,
-        until=end,
-        positions=positions,
-        totals=[
-            PortfolioTotal(
-                currency=c,
-                invested=format_amount(invested, c),
-                market_value=format_amount(value, c),
-                simple_return=_ratio(simple_return(invested, value)),
-                time_weighted_return=_ratio(
-                    time_weighted_return(
-                        combine(s for a, s in series_by_asset.items() if currency_of[a] == c)
-                    )
-                ),
-            )
-            for c, (invested, value) in sorted(totals.items())
-        ],
-    )
+    return portfolio_out(held, value_portfolio(held, trades, closes, start, end))
+
+
+async def clients(services: Services, after: UUID | None, limit: int) -> list[ClientTotals]:
+    """Up to `limit` clients with positions after `after` (by id), each with its invested total
+    and market value per currency."""
+    async with services.reads.connect() as conn:
+        rows = await investments.clients(conn, after, limit)
+    return client_totals(rows)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Generic, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
+from litestar.params import KwargDefinition
 from msgspec import Meta, Struct
 
 Username = Annotated[
@@ -42,6 +43,23 @@ class Body(Struct, forbid_unknown_fields=True, kw_only=True):
     """Requests reject unknown fields: a typo must not silently drop meaning from a money order."""
 
 
+Item = TypeVar("Item")
+
+
+class Page(Struct, Generic[Item], kw_only=True):
+    """One page of a cursor-paged list (api/pagination.py `page` builds every one): the items,
+    and the cursor of the next page, null on the last."""
+
+    items: list[Item]
+    next_cursor: str | None
+
+
+def named_page(name: str) -> KwargDefinition:
+    """A route's `Page[...]` as OpenAPI names it (`Annotated[Page[AccountOut],
+    named_page("AccountPage")]`); api/pagination.py `PageSchemaPlugin` documents it so."""
+    return KwargDefinition(schema_component_key=name)
+
+
 class RegisterRequest(Body):
     username: Username
     password: Password
@@ -53,9 +71,7 @@ class UserOut(Struct, kw_only=True):
     created_at: dt.datetime
 
 
-class UserPage(Struct, kw_only=True):
-    items: list[UserOut]
-    next_cursor: str | None
+UserPage = Annotated[Page[UserOut], named_page("UserPage")]
 
 
 class TokenOut(Struct, kw_only=True):
@@ -158,9 +174,7 @@ class ApiKeyCreated(ApiKeyOut, kw_only=True):
     secret: Annotated[str, Meta(description="Send as `X-API-Key`. Shown only in this answer.")]
 
 
-class ApiKeyPage(Struct, kw_only=True):
-    items: list[ApiKeyOut]
-    next_cursor: str | None
+ApiKeyPage = Annotated[Page[ApiKeyOut], named_page("ApiKeyPage")]
 
 
 class AccountCreate(Body):
@@ -181,18 +195,14 @@ class AccountOut(Struct, kw_only=True):
     updated_at: dt.datetime
 
 
-class AccountPage(Struct, kw_only=True):
-    items: list[AccountOut]
-    next_cursor: str | None
+AccountPage = Annotated[Page[AccountOut], named_page("AccountPage")]
 
 
 class AdminAccountOut(AccountOut, kw_only=True):
     owner_id: Annotated[UUID | None, Meta(description="None for system accounts (world, custody).")]
 
 
-class AdminAccountPage(Struct, kw_only=True):
-    items: list[AdminAccountOut]
-    next_cursor: str | None
+AdminAccountPage = Annotated[Page[AdminAccountOut], named_page("AdminAccountPage")]
 
 
 class EntryOut(Struct, kw_only=True):
@@ -207,9 +217,7 @@ class EntryOut(Struct, kw_only=True):
     created_at: dt.datetime
 
 
-class EntryPage(Struct, kw_only=True):
-    items: list[EntryOut]
-    next_cursor: str | None
+EntryPage = Annotated[Page[EntryOut], named_page("EntryPage")]
 
 
 Quantity = Annotated[
@@ -264,9 +272,7 @@ class OperationOut(Struct, kw_only=True):
     applied_at: dt.datetime | None
 
 
-class OperationPage(Struct, kw_only=True):
-    items: list[OperationOut]
-    next_cursor: str | None
+OperationPage = Annotated[Page[OperationOut], named_page("OperationPage")]
 
 
 class Problem(Struct, kw_only=True, omit_defaults=True):
@@ -327,9 +333,7 @@ class AssetOut(Struct, kw_only=True):
     created_at: dt.datetime
 
 
-class AssetPage(Struct, kw_only=True):
-    items: list[AssetOut]
-    next_cursor: str | None
+AssetPage = Annotated[Page[AssetOut], named_page("AssetPage")]
 
 
 class PriceIn(Body):
@@ -397,9 +401,7 @@ class ClientOut(Struct, kw_only=True):
     totals: list[CurrencyTotals]
 
 
-class ClientPage(Struct, kw_only=True):
-    items: list[ClientOut]
-    next_cursor: str | None
+ClientPage = Annotated[Page[ClientOut], named_page("ClientPage")]
 
 
 class InvestmentOut(Struct, kw_only=True):
@@ -416,9 +418,7 @@ class InvestmentOut(Struct, kw_only=True):
     applied_at: dt.datetime | None
 
 
-class InvestmentPage(Struct, kw_only=True):
-    items: list[InvestmentOut]
-    next_cursor: str | None
+InvestmentPage = Annotated[Page[InvestmentOut], named_page("InvestmentPage")]
 
 
 class CurrencyAmount(Struct, kw_only=True):
@@ -501,3 +501,53 @@ class AdminDepositRequest(Body):
     amount: AmountIn
     category: Category | None = None
     description: Description | None = None
+
+
+# ---------------------------------------------------------------- queues (admin)
+
+
+class PartitionQueue(Struct, kw_only=True):
+    partition: int
+    pending: int
+    # Seconds the oldest pending operation has waited; null when nothing is pending.
+    oldest_pending_age_seconds: float | None
+    # Completed in the last 60 seconds, as counted by the workers.
+    applied_last_minute: int
+    failed_last_minute: int
+    # The worker holding the partition's lease (`auto` workers); "static" when workers are given
+    # fixed partitions (LEDGERQ_WORKER_PARTITIONS); null when nobody holds it.
+    holder: str | None
+
+
+class QueueView(Struct, kw_only=True):
+    partitions: list[PartitionQueue]
+    # Workers with a live heartbeat in the lease registry (`auto` workers only).
+    workers_alive: int
+
+
+# ---------------------------------------------------------------- WebSocket messages (not in OpenAPI)
+
+
+class AccountSnapshot(Struct, kw_only=True, tag="account", tag_field="type"):
+    """WS /ws/accounts/{id}: the account as it is now (on connect, and after a lost event)."""
+
+    account: AccountOut
+
+
+class OperationChange(Struct, kw_only=True):
+    id: str
+    type: str
+    status: str
+    error_code: str | None = None
+
+
+class AccountUpdate(Struct, kw_only=True, tag="operation", tag_field="type"):
+    """WS /ws/accounts/{id}: an operation touching the account reached its final state."""
+
+    operation: OperationChange
+    # This operation's entry on the account (negative for a debit) and the balance it left;
+    # null when it failed (a failure writes no entry).
+    amount: str | None
+    balance_after: str | None
+    # The account as it is now (later operations of the same batch included).
+    account: AccountOut

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -12,32 +13,19 @@ from litestar.status_codes import HTTP_201_CREATED
 
 from api.auth import Principal
 from api.errors import ApiError
-from api.pagination import MAX_PAGE, decode_int_cursor, decode_uuid_cursor, encode_cursor
-from api.schemas import AccountCreate, AccountOut, AccountPage, EntryOut, EntryPage
+from api.pagination import Cursor, Keyset, Limit, page, reads
+from api.presenters import account_out, entry_out
+from api.schemas import AccountCreate, AccountOut, AccountPage, EntryPage
 from api.state import services_of
-from domain.money import exponent, format_amount
+from domain.money import exponent
 from worker.store import queries
 
-Limit = Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="Page size, 1-500.")]
-Cursor = Annotated[str | None, Parameter(description="`next_cursor` of the previous page.")]
+ACCOUNTS = Keyset.by_id("account")
+ENTRIES = Keyset.by_number("entry", "id")
 
 
-def account_out(row: Any) -> AccountOut:
-    return AccountOut(
-        id=row.id,
-        name=row.name,
-        type=row.kind,
-        currency=row.currency,
-        balance=format_amount(row.balance, row.currency),
-        available_balance=format_amount(row.balance - row.pending_debits, row.currency),
-        overdraft_limit=format_amount(row.overdraft_limit, row.currency),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
-def not_found(what: str = "account") -> ApiError:
-    return ApiError(404, f"{what}_not_found", f"No such {what}.")
+def account_not_found() -> ApiError:
+    return ApiError(404, "account_not_found", "No such account.")
 
 
 class AccountController(Controller):
@@ -61,12 +49,8 @@ class AccountController(Controller):
         self, request: Request[Principal, Any, Any], limit: Limit = 100, cursor: Cursor = None
     ) -> AccountPage:
         """Your accounts, oldest first, in cursor pages."""
-        after = decode_uuid_cursor("account", cursor)
-        async with services_of(request.app).reads.connect() as conn:
-            rows = await queries.accounts_for_owner(conn, request.user.id, after, limit + 1)
-        items = [account_out(r) for r in rows[:limit]]
-        next_cursor = encode_cursor("account", items[-1].id) if len(rows) > limit else None
-        return AccountPage(items=items, next_cursor=next_cursor)
+        fetch = reads(services_of(request.app).reads, queries.accounts_for_owner, request.user.id)
+        return await page(ACCOUNTS, cursor, limit, fetch, account_out)
 
     @get("/{account_id:uuid}", operation_id="getAccount")
     async def get_account(
@@ -77,7 +61,7 @@ class AccountController(Controller):
             queries.FAST_ACCOUNT_FOR_OWNER, {"account_id": account_id, "owner_id": request.user.id}
         )
         if row is None:
-            raise not_found()
+            raise account_not_found()
         return account_out(row)
 
     @get("/{account_id:uuid}/entries", operation_id="listEntries")
@@ -96,31 +80,20 @@ class AccountController(Controller):
         ] = None,
     ) -> EntryPage:
         """The account's ledger entries, newest first, with each entry's balance after it."""
-        before = decode_int_cursor("entry", cursor)
-        for name, value in (("from", since), ("to", until)):
-            if value is not None and value.tzinfo is None:
-                raise ApiError(
-                    422, "validation_error", f"{name} needs a time zone offset", field=name
-                )
-        filters = queries.EntryFilter(category=category, since=since, until=until)
-        async with services_of(request.app).reads.connect() as conn:
-            account = await queries.account_for_owner(conn, account_id, request.user.id)
-            if account is None:
-                raise not_found()
-            rows = await queries.entries_for_account(conn, account_id, before, limit + 1, filters)
-        items = [
-            EntryOut(
-                id=str(r.id),
-                operation_id=r.operation_id,
-                operation_type=r.type,
-                amount=format_amount(r.amount, r.currency),
-                balance_after=format_amount(r.balance_after, r.currency),
-                currency=r.currency,
-                category=r.category,
-                description=r.description,
-                created_at=r.created_at,
-            )
-            for r in rows[:limit]
-        ]
-        next_cursor = encode_cursor("entry", rows[limit - 1].id) if len(rows) > limit else None
-        return EntryPage(items=items, next_cursor=next_cursor)
+        services = services_of(request.app)
+        owner_id = request.user.id
+
+        async def fetch(before: int | None, n: int) -> Sequence[queries.Record]:
+            # After the cursor (a bad one is refused first, as it always was).
+            for name, value in (("from", since), ("to", until)):
+                if value is not None and value.tzinfo is None:
+                    raise ApiError(
+                        422, "validation_error", f"{name} needs a time zone offset", field=name
+                    )
+            filters = queries.EntryFilter(category=category, since=since, until=until)
+            async with services.reads.connect() as conn:
+                if await queries.account_for_owner(conn, account_id, owner_id) is None:
+                    raise account_not_found()
+                return await queries.entries_for_account(conn, account_id, before, n, filters)
+
+        return await page(ENTRIES, cursor, limit, fetch, entry_out)

@@ -8,33 +8,18 @@ from uuid import UUID
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.status_codes import HTTP_201_CREATED
-from msgspec.structs import asdict
 
 from api.auth import ADMIN, SCOPES, Principal, forbidden, new_api_key
-from api.controllers.accounts import Cursor, Limit
 from api.errors import ApiError
-from api.pagination import decode_uuid_cursor, encode_cursor
-from api.schemas import MAX_KEY_LIFETIME, ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ApiKeyPage
+from api.pagination import Cursor, Keyset, Limit, page, reads
+from api.presenters import api_key_created, api_key_out
+from api.schemas import MAX_KEY_LIFETIME, ApiKeyCreate, ApiKeyCreated, ApiKeyPage
 from api.state import services_of
 from worker.store import access
-from worker.store.queries import Record
 
 NO_STORE = {"Cache-Control": "no-store"}
 
-
-def api_key_out(row: Record) -> ApiKeyOut:
-    return ApiKeyOut(
-        id=row.id,
-        user_id=row.user_id,
-        name=row.name,
-        prefix=row.prefix,
-        scopes=list(row.scopes),
-        rate_limit=row.rate_limit,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-        expires_at=row.expires_at,
-        expired=row.expired,
-    )
+API_KEYS = Keyset.by_id("api_key")
 
 
 def check_expiry(data: ApiKeyCreate) -> None:
@@ -103,8 +88,9 @@ class ApiKeyController(Controller):
                 expires_at=data.expires_at,
                 expires_in=data.expires_in,
             )
-        created = ApiKeyCreated(**asdict(api_key_out(row)), secret=key.secret)
-        return Response(created, status_code=HTTP_201_CREATED, headers=NO_STORE)
+        return Response(
+            api_key_created(row, key.secret), status_code=HTTP_201_CREATED, headers=NO_STORE
+        )
 
     @get("/", operation_id="listApiKeys")
     async def list_api_keys(
@@ -113,14 +99,9 @@ class ApiKeyController(Controller):
         """Your unrevoked API keys, oldest first, without secrets, expired ones marked
         `expired` (the admin sees everyone's)."""
         principal = request.user
-        after = decode_uuid_cursor("api_key", cursor)
-        async with services_of(request.app).reads.connect() as conn:
-            rows = await access.api_keys_page(
-                conn, None if principal.is_admin else principal.id, after, limit + 1
-            )
-        items = [api_key_out(r) for r in rows[:limit]]
-        next_cursor = encode_cursor("api_key", items[-1].id) if len(rows) > limit else None
-        return ApiKeyPage(items=items, next_cursor=next_cursor)
+        owner = None if principal.is_admin else principal.id
+        fetch = reads(services_of(request.app).reads, access.api_keys_page, owner)
+        return await page(API_KEYS, cursor, limit, fetch, api_key_out)
 
     @delete("/{key_id:uuid}", operation_id="revokeApiKey")
     async def revoke_api_key(self, request: Request[Principal, Any, Any], key_id: UUID) -> None:

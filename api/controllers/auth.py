@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from api.auth import Principal, hash_password, issue_token, verify_token
 from api.errors import ApiError
+from api.presenters import user_out
 from api.revocation import denylist_for
 from api.schemas import RegisterRequest, TokenOut, TokenRevoke, TokenRevoked, UserOut
 from api.state import services_of
@@ -39,7 +40,7 @@ class AuthController(Controller):
             raise ApiError(
                 409, "username_taken", "That username is taken.", field="username"
             ) from None
-        return UserOut(id=row.id, username=row.username, created_at=row.created_at)
+        return user_out(row)
 
     @post("/token", operation_id="issueToken", status_code=HTTP_200_OK)
     async def issue_token(self, request: Request[Principal, Any, Any]) -> Response[TokenOut]:

@@ -15,28 +15,23 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-import sqlalchemy as sa
 import structlog
 from litestar import Request, WebSocket, get, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import WS_1008_POLICY_VIOLATION, WS_1011_INTERNAL_ERROR
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import UUID as PGUUID
 
 from api.auth import Principal
-from api.controllers.accounts import account_out
-from api.controllers.operations import operation_out, read_operation
 from api.errors import ApiError
-from api.schemas import AccountOut
+from api.operations import read_operation
+from api.presenters import account_out, account_snapshot, account_update, operation_out
+from api.schemas import AccountUpdate
 from api.state import Services, services_of
 from api.waiters import REREAD
 from domain.model import TERMINAL_STATUSES
-from domain.money import format_amount
 from worker.store import queries
 from worker.store.db import is_unavailable
-from worker.store.fast import Compiled, FastStore, first_line
-from worker.store.tables import accounts, entries, operations
+from worker.store.fast import FastStore, first_line
 
 log = structlog.get_logger(__name__)
 
@@ -45,16 +40,6 @@ KEEPALIVE_SECONDS = 15.0
 
 
 # ----------------------------------------------------------------- the periodic look
-
-_IDS = sa.bindparam("ids", type_=ARRAY(PGUUID(as_uuid=True)))
-_FINAL_OPERATIONS = Compiled(
-    sa.select(operations.c.id).where(
-        operations.c.id == sa.func.any(_IDS), operations.c.status != "pending"
-    )
-)
-_BALANCES = Compiled(
-    sa.select(accounts.c.id, accounts.c.balance).where(accounts.c.id == sa.func.any(_IDS))
-)
 
 
 def looks(
@@ -66,11 +51,11 @@ def looks(
     primary key however many operations are waited on and accounts followed."""
 
     async def final_operations(ids: list[str]) -> list[str]:
-        rows = await fast.all(_FINAL_OPERATIONS, {"ids": [UUID(i) for i in ids]})
+        rows = await fast.all(queries.FAST_FINAL_OPERATIONS, {"ids": [UUID(i) for i in ids]})
         return [str(r.id) for r in rows]
 
     async def balances(ids: list[str]) -> dict[str, int]:
-        rows = await fast.all(_BALANCES, {"ids": [UUID(i) for i in ids]})
+        rows = await fast.all(queries.FAST_BALANCES, {"ids": [UUID(i) for i in ids]})
         return {str(r.id): int(r.balance) for r in rows}
 
     return final_operations, balances
@@ -144,29 +129,6 @@ async def follow_operation(
 # ----------------------------------------------------------------- an account, over a WebSocket
 
 
-class AccountSnapshot(msgspec.Struct, kw_only=True, tag="account", tag_field="type"):
-    account: AccountOut
-
-
-class OperationChange(msgspec.Struct, kw_only=True):
-    id: str
-    type: str
-    status: str
-    error_code: str | None = None
-
-
-class AccountUpdate(msgspec.Struct, kw_only=True, tag="operation", tag_field="type"):
-    """An operation touching the account reached its final state."""
-
-    operation: OperationChange
-    # This operation's entry on the account (negative for a debit) and the balance it left;
-    # null when it failed (a failure writes no entry).
-    amount: str | None
-    balance_after: str | None
-    # The account as it is now (later operations of the same batch included).
-    account: AccountOut
-
-
 async def _read_account(services: Services, account_id: UUID, owner_id: UUID) -> Any:
     params = {"account_id": account_id, "owner_id": owner_id}
     return await services.fast.one(queries.FAST_ACCOUNT_FOR_OWNER, params)
@@ -192,36 +154,21 @@ async def _updates(
     ids = [UUID(e["id"]) for e in visible]
     async with services.reads.connect() as conn:
         account = await queries.account_for_owner(conn, account_id, owner_id)
-        posted = (
-            await conn.execute(
-                sa.select(entries.c.operation_id, entries.c.amount, entries.c.balance_after).where(
-                    entries.c.account_id == account_id, entries.c.operation_id.in_(ids)
-                )
-            )
-        ).all()
+        posted = await queries.entries_for_operations(conn, account_id, ids)
     if account is None:
         return [], None
     by_operation = {str(r.operation_id): r for r in posted}
     snapshot = account_out(account)
-    updates = []
-    for e in visible:
-        entry = by_operation.get(e["id"])
-        own = e.get("account_id") == str(account_id)
-        updates.append(
-            AccountUpdate(
-                operation=OperationChange(
-                    id=e["id"],
-                    type=e["type"],
-                    status=e["status"],
-                    error_code=e.get("error_code") if own else None,
-                ),
-                amount=format_amount(entry.amount, account.currency) if entry else None,
-                balance_after=format_amount(entry.balance_after, account.currency)
-                if entry
-                else None,
-                account=snapshot,
-            )
+    updates = [
+        account_update(
+            e,
+            e.get("account_id") == str(account_id),
+            by_operation.get(e["id"]),
+            account.currency,
+            snapshot,
         )
+        for e in visible
+    ]
     return updates, int(account.balance)
 
 
@@ -239,9 +186,7 @@ async def follow_account(socket: WebSocket[Principal, Any, Any], account_id: UUI
             await socket.close(code=WS_1008_POLICY_VIOLATION, reason="No such account.")
             return
         await socket.accept()
-        await socket.send_text(
-            msgspec.json.encode(AccountSnapshot(account=account_out(account))).decode()
-        )
+        await socket.send_text(msgspec.json.encode(account_snapshot(account)).decode())
         follower.sent(int(account.balance))
 
         async def push() -> None:
@@ -267,9 +212,7 @@ async def follow_account(socket: WebSocket[Principal, Any, Any], account_id: UUI
             """The ledger moved and no event said so (lost): the account as it is now."""
             row = await _read_account(services, account_id, owner_id)
             if row is not None and int(row.balance) != follower.balance:
-                await socket.send_text(
-                    msgspec.json.encode(AccountSnapshot(account=account_out(row))).decode()
-                )
+                await socket.send_text(msgspec.json.encode(account_snapshot(row)).decode())
                 follower.sent(int(row.balance))
 
         async def until_disconnected() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections.abc import Sequence
+from functools import partial
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -14,47 +16,36 @@ from litestar.channels import ChannelsPlugin
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED
 
+from api import reports
 from api.auth import Principal
-from api.controllers.accounts import Cursor, Limit
 from api.errors import ApiError
-from api.pagination import decode_int_cursor, decode_uuid_cursor, encode_cursor
-from api.reports import captado_report, portfolio
+from api.pagination import Cursor, Keyset, Limit, page, reads
+from api.presenters import asset_out, client_out, investment_out, price_series
 from api.schemas import (
     AssetCreate,
     AssetOut,
     AssetPage,
     CaptadoOut,
-    ClientOut,
     ClientPage,
-    CurrencyTotals,
-    InvestmentOut,
     InvestmentPage,
     PortfolioOut,
-    PriceOut,
     PriceSeries,
     PricesUpsert,
     PricesUpserted,
 )
 from api.state import services_of
-from domain.investments import market_value
-from domain.money import exponent, format_amount
-from domain.returns import format_scaled, month_bounds, parse_scaled
+from domain.money import exponent
+from domain.returns import month_bounds, parse_scaled
 from worker.events import CAPTADO_CHANNEL, channel
 from worker.store import investments
+from worker.store.queries import Record
 
 Month = Annotated[int, Parameter(ge=1, le=12, description="1-12")]
 Year = Annotated[int, Parameter(ge=2000, le=2200)]
 
-
-def asset_out(row: Any) -> AssetOut:
-    return AssetOut(
-        id=row.id,
-        ticker=row.ticker,
-        name=row.name,
-        kind=row.kind,
-        currency=row.currency,
-        created_at=row.created_at,
-    )
+ASSETS = Keyset.by_id("asset")
+CLIENTS = Keyset.by_id("client", "client_id")
+ALLOCATIONS = Keyset.by_number("allocation", "seq")
 
 
 def asset_not_found() -> ApiError:
@@ -87,14 +78,8 @@ class AssetController(Controller):
         self, request: Request[Principal, Any, Any], limit: Limit = 100, cursor: Cursor = None
     ) -> AssetPage:
         """Every asset, oldest first, in cursor pages."""
-        after = decode_uuid_cursor("asset", cursor)
-        async with services_of(request.app).reads.connect() as conn:
-            rows = await investments.list_assets(conn, after, limit + 1)
-        items = [asset_out(r) for r in rows[:limit]]
-        return AssetPage(
-            items=items,
-            next_cursor=encode_cursor("asset", items[-1].id) if len(rows) > limit else None,
-        )
+        fetch = reads(services_of(request.app).reads, investments.list_assets)
+        return await page(ASSETS, cursor, limit, fetch, asset_out)
 
     @get("/{asset_id:uuid}", operation_id="getAsset")
     async def get_asset(self, request: Request[Principal, Any, Any], asset_id: UUID) -> AssetOut:
@@ -141,10 +126,7 @@ class AssetController(Controller):
             if await investments.asset_by_id(conn, asset_id) is None:
                 raise asset_not_found()
             rows = await investments.prices_between(conn, asset_id, since, until)
-        return PriceSeries(
-            asset_id=asset_id,
-            items=[PriceOut(date=r.day, close=format_scaled(r.close)) for r in rows],
-        )
+        return price_series(asset_id, rows)
 
 
 class PortfolioController(Controller):
@@ -161,7 +143,7 @@ class PortfolioController(Controller):
         """Your positions at the latest close, with simple and time-weighted returns over [from, to]."""
         if since and until and since > until:
             raise ApiError(422, "validation_error", "from must not be after to", field="from")
-        return await portfolio(services_of(request.app), request.user.id, since, until)
+        return await reports.portfolio(services_of(request.app), request.user.id, since, until)
 
 
 class ClientController(Controller):
@@ -173,35 +155,8 @@ class ClientController(Controller):
         self, request: Request[Principal, Any, Any], limit: Limit = 100, cursor: Cursor = None
     ) -> ClientPage:
         """Admin: clients with positions, each with invested total and current value per currency."""
-        after = decode_uuid_cursor("client", cursor)
-        async with services_of(request.app).reads.connect() as conn:
-            rows = await investments.clients(conn, after, limit + 1)
-        grouped: dict[UUID, tuple[str, dict[str, list[int]]]] = {}
-        for r in rows:
-            _, per_currency = grouped.setdefault(r.client_id, (r.username, {}))
-            acc = per_currency.setdefault(r.currency, [0, 0])
-            acc[0] += r.invested
-            acc[1] += (
-                market_value(r.units, exponent(r.currency), r.close) if r.close is not None else 0
-            )
-        ids = list(grouped)
-        items = [
-            ClientOut(
-                id=client_id,
-                username=grouped[client_id][0],
-                totals=[
-                    CurrencyTotals(
-                        currency=c,
-                        invested=format_amount(v[0], c),
-                        market_value=format_amount(v[1], c),
-                    )
-                    for c, v in sorted(grouped[client_id][1].items())
-                ],
-            )
-            for client_id in ids[:limit]
-        ]
-        next_cursor = encode_cursor("client", items[-1].id) if len(ids) > limit else None
-        return ClientPage(items=items, next_cursor=next_cursor)
+        fetch = partial(reports.clients, services_of(request.app))
+        return await page(CLIENTS, cursor, limit, fetch, client_out)
 
     @get("/{client_id:uuid}/allocations", operation_id="listClientAllocations")
     async def list_client_allocations(
@@ -212,31 +167,15 @@ class ClientController(Controller):
         cursor: Cursor = None,
     ) -> InvestmentPage:
         """Admin: a client's allocations and redemptions, newest first."""
-        before = decode_int_cursor("allocation", cursor)
-        async with services_of(request.app).reads.connect() as conn:
-            if not await investments.user_exists(conn, client_id):
-                raise ApiError(404, "client_not_found", "No such client.")
-            rows = await investments.allocations_for_client(conn, client_id, before, limit + 1)
-        items = [
-            InvestmentOut(
-                id=r.id,
-                type=r.type,
-                status=r.status,
-                account_id=r.account_id,
-                asset_id=r.asset_id,
-                amount=format_amount(r.amount, r.currency) if r.amount else None,
-                quantity=format_scaled(r.quantity) if r.quantity else None,
-                price=format_scaled(r.price) if r.price else None,
-                currency=r.currency,
-                created_at=r.created_at,
-                applied_at=r.applied_at,
-            )
-            for r in rows[:limit]
-        ]
-        next_cursor = (
-            encode_cursor("allocation", rows[limit - 1].seq) if len(rows) > limit else None
-        )
-        return InvestmentPage(items=items, next_cursor=next_cursor)
+        services = services_of(request.app)
+
+        async def fetch(before: int | None, n: int) -> Sequence[Record]:
+            async with services.reads.connect() as conn:
+                if not await investments.user_exists(conn, client_id):
+                    raise ApiError(404, "client_not_found", "No such client.")
+                return await investments.allocations_for_client(conn, client_id, before, n)
+
+        return await page(ALLOCATIONS, cursor, limit, fetch, investment_out)
 
 
 class ReportController(Controller):
@@ -248,7 +187,7 @@ class ReportController(Controller):
         self, request: Request[Principal, Any, Any], month: Month, year: Year
     ) -> CaptadoOut:
         """Admin: the month's net inflow (allocations minus redemptions), total, by asset and by client."""
-        return await captado_report(services_of(request.app), year, month)
+        return await reports.captado_report(services_of(request.app), year, month)
 
 
 @websocket("/ws/captado", opt={"operation_id": "followCaptado"})
@@ -265,7 +204,9 @@ async def follow_captado(socket: WebSocket[Principal, Any, Any], month: int, yea
     async with channels.start_subscription(
         [channel(CAPTADO_CHANNEL, services.redis)]
     ) as subscriber:
-        await socket.send_bytes(msgspec.json.encode(await captado_report(services, year, month)))
+        await socket.send_bytes(
+            msgspec.json.encode(await reports.captado_report(services, year, month))
+        )
         async for message in subscriber.iter_events():
             touched = json.loads(message)
             if (touched.get("year"), touched.get("month")) != (year, month):
@@ -273,5 +214,5 @@ async def follow_captado(socket: WebSocket[Principal, Any, Any], month: int, yea
             # Coalesce a burst of updates into one send.
             await asyncio.sleep(0.05)
             await socket.send_bytes(
-                msgspec.json.encode(await captado_report(services, year, month))
+                msgspec.json.encode(await reports.captado_report(services, year, month))
             )

@@ -183,6 +183,16 @@ async def entries_for_account(
     return (await conn.execute(query.order_by(entries.c.id.desc()).limit(limit))).all()
 
 
+async def entries_for_operations(
+    conn: AsyncConnection, account_id: UUID, operation_ids: Sequence[UUID]
+) -> Sequence[Record]:
+    """The account's entries (amount, balance after) for these operations (none for a failed one)."""
+    query = sa.select(entries.c.operation_id, entries.c.amount, entries.c.balance_after).where(
+        entries.c.account_id == account_id, entries.c.operation_id.in_(operation_ids)
+    )
+    return (await conn.execute(query)).all()
+
+
 # ---------------------------------------------------------------- operations
 
 _operation_columns = (
@@ -627,6 +637,18 @@ OPERATION_FOR_PRINCIPAL = sa.select(*_operation_columns).where(
     operations.c.principal_id == sa.bindparam("principal_id"),
 )
 FAST_OPERATION_FOR_PRINCIPAL = Compiled(OPERATION_FOR_PRINCIPAL)
+
+# The followers' periodic look at PostgreSQL (api/controllers/events.py `looks`): by primary key,
+# one statement however many operations are waited on or accounts followed.
+_IDS = sa.bindparam("ids", type_=ARRAY(PGUUID(as_uuid=True)))
+FAST_FINAL_OPERATIONS = Compiled(
+    sa.select(operations.c.id).where(
+        operations.c.id == sa.func.any(_IDS), operations.c.status != "pending"
+    )
+)
+FAST_BALANCES = Compiled(
+    sa.select(accounts.c.id, accounts.c.balance).where(accounts.c.id == sa.func.any(_IDS))
+)
 
 
 async def operation_for_principal(
