@@ -39,6 +39,7 @@ def test_cursors_keep_the_format_clients_already_hold() -> None:
         (ACCOUNTS, cursor_of("account:")),
         (ENTRIES, cursor_of("entry:-1")),
         (ENTRIES, cursor_of("entry:1.5")),
+        (ENTRIES, cursor_of("entry:\u00b2")),  # a digit to str.isdigit, not to int() (was a 500)
         (ENTRIES, "%%%"),
         (ENTRIES, "_w"),  # one byte 0xff: not UTF-8
     ],
