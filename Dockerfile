@@ -9,6 +9,10 @@ COPY api ./api
 COPY worker ./worker
 COPY domain ./domain
 COPY migrations ./migrations
+# The `ledgerq` command; bench/ and devserver/ only answer that their extras are not installed.
+COPY cli ./cli
+COPY bench ./bench
+COPY devserver ./devserver
 COPY alembic.ini ./
 RUN uv sync --frozen --no-dev
 # In a container the servers listen on every interface; publishing a port is the compose file's choice.

@@ -1,4 +1,4 @@
-"""What granian serves (api/cli.py granian_command): the app as uvicorn would serve it.
+"""What granian serves (cli/main.py granian_command): the app as uvicorn would serve it.
 
 `python -m api.granian_app ARGS` runs granian's own command line (ARGS are granian's) after
 setting up the fork hooks below. Nothing here is imported at module level but the standard
@@ -73,7 +73,7 @@ def main() -> None:
 
 
 def behind_proxies(app: RequestEdge, trusted_proxies: str) -> RequestEdge | ProxyHeadersMiddleware:
-    """The app as uvicorn serves it (api/cli.py uvicorn_command): X-Forwarded-For/-Proto believed
+    """The app as uvicorn serves it (cli/main.py uvicorn_command): X-Forwarded-For/-Proto believed
     from trusted_proxies (LEDGERQ_TRUSTED_PROXIES) only; with none, the app itself, unwrapped."""
     if not trusted_proxies:
         return app

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from worker.devservers import start_postgres
+from devserver import start_postgres
 from worker.store.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -54,7 +54,7 @@ worker_hijack_root_logger = False
 worker_redirect_stdouts = False
 # Task events off: publishing them cost the worker's main process about 16% of its time and the
 # API (task-sent) about 10% of its CPU, for a monitor that usually is not there. Flower turns the
-# workers' task events on when it runs (the enable_events control command, see api/cli.py); it
+# workers' task events on when it runs (the enable_events control command, see cli/main.py); it
 # needs no task-sent events (task-received names the task).
 worker_send_task_events = False
 task_send_sent_event = False

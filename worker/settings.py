@@ -7,13 +7,14 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 
 class SettingsError(RuntimeError):
     """A LEDGERQ_* variable is missing or malformed; the message names it."""
 
 
-# The servers `ledgerq api` can run (api/cli.py api_command); LEDGERQ_API_SERVER's default is one.
+# The servers `ledgerq api` can run (cli/main.py api_command); LEDGERQ_API_SERVER's default is one.
 API_SERVERS = ("uvicorn", "granian")
 
 
@@ -260,6 +261,19 @@ def normalize_database_url(url: str) -> str:
     raise SettingsError(
         f"LEDGERQ_DATABASE_URL must be a postgresql:// URL, got {url.split(':')[0]}://..."
     )
+
+
+def mask_url(value: str) -> str:
+    """Hide the password of a URL (postgresql://u:secret@h/db -> postgresql://u:***@h/db), for
+    messages and `ledgerq config`."""
+    if "://" not in value:
+        return value
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from worker.devservers import EmbeddedServer, free_port, start_postgres, start_redis
+from devserver import EmbeddedServer, free_port, start_postgres, start_redis
 from worker.store.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,12 +120,12 @@ class Stack:
             "LEDGERQ_MASTER_KEY": secrets.token_urlsafe(32),
         }
         logs = self.root / "logs"
-        self.api = Child("api", ["-m", "api.cli", "api"], self.env, logs / "api.log")
+        self.api = Child("api", ["-m", "cli", "api"], self.env, logs / "api.log")
         self.workers = [
-            Child(f"worker-{i}", ["-m", "api.cli", "worker"], self.env, logs / f"worker-{i}.log")
+            Child(f"worker-{i}", ["-m", "cli", "worker"], self.env, logs / f"worker-{i}.log")
             for i in range(2)
         ]
-        self.beat = Child("beat", ["-m", "api.cli", "beat"], self.env, logs / "beat.log")
+        self.beat = Child("beat", ["-m", "cli", "beat"], self.env, logs / "beat.log")
         for child in (self.api, *self.workers, self.beat):
             child.start()
         self.wait_api()

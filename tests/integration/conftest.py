@@ -18,8 +18,8 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
+from devserver import EmbeddedServer, free_port, start_postgres, start_redis
 from tests.integration.support import LedgerClient, Process, wait_for_http
-from worker.devservers import EmbeddedServer, free_port, start_postgres, start_redis
 from worker.settings import get_settings, normalize_database_url
 from worker.store.db import make_engine
 from worker.store.migrate import upgrade
@@ -118,7 +118,7 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def worker(service_env: dict[str, str], logs_dir: Path) -> Iterator[Process]:
     """One real Celery worker process owning every partition, as `ledgerq worker` starts it."""
-    process = Process("worker", ["-m", "api.cli", "worker"], service_env, logs_dir)
+    process = Process("worker", ["-m", "cli", "worker"], service_env, logs_dir)
     process.start()
     process.wait_for_log("ready", timeout=60)
     yield process
@@ -127,7 +127,7 @@ def worker(service_env: dict[str, str], logs_dir: Path) -> Iterator[Process]:
 
 @pytest.fixture(scope="session")
 def beat(service_env: dict[str, str], logs_dir: Path) -> Iterator[Process]:
-    process = Process("beat", ["-m", "api.cli", "beat"], service_env, logs_dir)
+    process = Process("beat", ["-m", "cli", "beat"], service_env, logs_dir)
     process.start()
     yield process
     process.stop()
@@ -140,7 +140,7 @@ def api_url(
     """A real API process (uvicorn), with the worker and beat running behind it."""
     port = free_port()
     env = {**service_env, "LEDGERQ_API_PORT": str(port)}
-    process = Process("api", ["-m", "api.cli", "api"], env, logs_dir)
+    process = Process("api", ["-m", "cli", "api"], env, logs_dir)
     process.start()
     url = f"http://127.0.0.1:{port}"
     wait_for_http(f"{url}/health", process, timeout=60)

@@ -20,7 +20,7 @@ import redis
 from celery import Celery
 from psycopg import sql
 
-from worker.devservers import start_redis
+from devserver import start_redis
 from worker.leases import lease_key
 from worker.store.migrate import upgrade
 

@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import Engine
 
 from api.auth import ACCESS, PUBLIC_PATHS
+from devserver import free_port
 from tests.integration.support import (
     PASSWORD,
     ROOT,
@@ -35,7 +36,6 @@ from tests.integration.support import (
     wait_for_http,
     wait_terminal,
 )
-from worker.devservers import free_port
 
 
 def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -469,7 +469,7 @@ def limited_apis(service_env: dict[str, str], logs_dir: Path) -> Iterator[list[s
         port = free_port()
         process = Process(
             f"api-limited-{n}",
-            ["-m", "api.cli", "api"],
+            ["-m", "cli", "api"],
             {**env, "LEDGERQ_API_PORT": str(port)},
             logs_dir,
         )
@@ -605,7 +605,7 @@ def proxy_apis(service_env: dict[str, str], logs_dir: Path) -> Iterator[dict[str
             "LEDGERQ_TRUSTED_PROXIES": trusted,
             "LEDGERQ_API_PORT": str(port),
         }
-        process = Process(f"api-proxy-{name}", ["-m", "api.cli", "api"], env, logs_dir)
+        process = Process(f"api-proxy-{name}", ["-m", "cli", "api"], env, logs_dir)
         process.start()
         processes.append(process)
         urls[name] = f"http://127.0.0.1:{port}"
@@ -752,7 +752,7 @@ def leaked_into_logs(logs_dir: Path, secrets_used: list[str]) -> dict[str, int]:
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERQ_")}
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=ROOT,
         env={**clean, **env, "COLUMNS": "200"},
         capture_output=True,

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from devserver import free_port
 from tests.integration.support import (
     LedgerClient,
     Process,
@@ -24,7 +25,6 @@ from tests.integration.support import (
     insert_pending,
     wait_for_http,
 )
-from worker.devservers import free_port
 
 # Well past what a clean stop takes, well short of granian's --workers-kill-timeout (40 s).
 STOP_DEADLINE = 20
@@ -43,7 +43,7 @@ def granian_api(
         # Proxy headers are believed from 127.0.0.1 only (none are by default: test_access.py).
         "LEDGERQ_TRUSTED_PROXIES": "127.0.0.1",
     }
-    process = Process(f"api-granian-{port}", ["-m", "api.cli", "api"], env, logs_dir)
+    process = Process(f"api-granian-{port}", ["-m", "cli", "api"], env, logs_dir)
     try:
         yield process, f"http://127.0.0.1:{port}"
     finally:

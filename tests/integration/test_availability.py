@@ -27,6 +27,7 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
+from devserver import EmbeddedServer, free_port, start_postgres, start_redis
 from tests.integration.isolated import (
     deployment_env,
     migrated_database,
@@ -45,7 +46,6 @@ from tests.integration.support import (
 )
 from tests.integration.test_events import sse_events
 from worker.apply_loop import drain_partition
-from worker.devservers import EmbeddedServer, free_port, start_postgres, start_redis
 from worker.routing import partition_for
 from worker.settings import Settings, normalize_database_url
 from worker.store.db import make_engine
@@ -102,8 +102,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "LEDGERQ_WORKER_METRICS_PORT": "0",
                 "LEDGERQ_DB_POOL_SIZE": "8",
             }
-            worker = Process("avail-worker", ["-m", "api.cli", "worker"], env, tmp)
-            api = Process("avail-api", ["-m", "api.cli", "api"], env, tmp)
+            worker = Process("avail-worker", ["-m", "cli", "worker"], env, tmp)
+            api = Process("avail-api", ["-m", "cli", "api"], env, tmp)
             engine = make_engine(url, pool_size=1)
             stack = Stack(
                 pg, pg_dir, f"http://127.0.0.1:{env['LEDGERQ_API_PORT']}", api, worker, engine, env
@@ -359,7 +359,7 @@ def quiet_api(
             "LEDGERQ_FOLLOW_RECHECK": "1",
             "LEDGERQ_MAX_WAIT": "300",
         }
-        api = Process("quiet-api", ["-m", "api.cli", "api"], env, tmp)
+        api = Process("quiet-api", ["-m", "cli", "api"], env, tmp)
         engine = make_engine(normalize_database_url(url), pool_size=2)
         try:
             api.start()
@@ -450,7 +450,7 @@ def test_start_up_checks_the_pools_against_max_connections(stack: Stack, tmp_pat
     assert "connection_budget_exceeded" not in stack.worker.log_text()
 
     env = {**stack.env, "LEDGERQ_API_PORT": str(free_port()), "LEDGERQ_DB_POOL_SIZE": "250"}
-    greedy = Process("greedy-api", ["-m", "api.cli", "api"], env, tmp_path)
+    greedy = Process("greedy-api", ["-m", "cli", "api"], env, tmp_path)
     greedy.start()
     try:
         wait_for_http(f"http://127.0.0.1:{env['LEDGERQ_API_PORT']}/health", greedy, timeout=60)

@@ -29,7 +29,7 @@ def bench(service_env: dict[str, str], tmp_path: Path, *args: str) -> tuple[dict
     """Run the real command in a child process; return its JSON report and its output."""
     report = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "api.cli", "bench", *args, "--json", str(report)],
+        [sys.executable, "-m", "cli", "bench", *args, "--json", str(report)],
         cwd=ROOT,
         env={**os.environ, **service_env, "COLUMNS": "120"},
         capture_output=True,

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.cli import api_command, beat_command, worker_command
+from cli.main import api_command, beat_command, worker_command
+from devserver import free_port
 from tests.integration.isolated import descendants, fresh_database, processes
-from worker.devservers import free_port
 from worker.settings import VARIABLES, Settings
 from worker.store import migrate
 
@@ -46,7 +46,7 @@ def _ledgerq(
     *args: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -191,7 +191,7 @@ def test_dev_runs_everything_and_stops_cleanly_on_ctrl_c(
     with log_path.open("wb") as log:
         # A file, not a pipe: nobody reads while we wait, and a full pipe would stall the children.
         dev = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "dev"],
+            [sys.executable, "-m", "cli", "dev"],
             cwd=ROOT,
             env=env,
             stdout=log,

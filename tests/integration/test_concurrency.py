@@ -28,7 +28,7 @@ def second_worker(
     service_env: dict[str, str], logs_dir: Path, worker: Process
 ) -> Iterator[Process]:
     """Another worker on the same queues: partitions are now drained in parallel by two processes."""
-    process = Process("worker-2", ["-m", "api.cli", "worker"], service_env, logs_dir)
+    process = Process("worker-2", ["-m", "cli", "worker"], service_env, logs_dir)
     process.start()
     process.wait_for_log("ready", timeout=60)
     yield process

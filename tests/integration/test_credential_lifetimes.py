@@ -16,6 +16,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from devserver import free_port
 from tests.integration.support import LedgerClient, Process, wait_for_http
 from tests.integration.test_access import (
     as_key,
@@ -24,7 +25,6 @@ from tests.integration.test_access import (
     create_key,
     token_for,
 )
-from worker.devservers import free_port
 from worker.store.tables import api_keys
 
 REVOKED_KEY = "ledgerq:revoked-tokens"  # api/revocation.py
@@ -95,7 +95,7 @@ def other_api(service_env: dict[str, str], logs_dir: Path, api_url: str) -> Iter
     """A second API process on the suite's database and Redis."""
     port = free_port()
     env = {**service_env, "LEDGERQ_API_PORT": str(port)}
-    process = Process("api-revocation", ["-m", "api.cli", "api"], env, logs_dir)
+    process = Process("api-revocation", ["-m", "cli", "api"], env, logs_dir)
     process.start()
     url = f"http://127.0.0.1:{port}"
     try:

@@ -22,8 +22,8 @@ import httpx
 import psycopg
 import pytest
 
+from devserver import free_port, start_postgres
 from tests.integration.isolated import descendants, kill_all, live, processes, wait_until
-from worker.devservers import free_port, start_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_WITHIN = 150.0
@@ -81,7 +81,7 @@ class Dev:
         self.port = int(env["LEDGERQ_API_PORT"])
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "api.cli", "dev"],
+                [sys.executable, "-m", "cli", "dev"],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -133,15 +133,15 @@ def _server_pid(path: Path) -> int:
 
 def _roles(dev_pid: int) -> dict[str, set[int]]:
     """The run's api, worker and beat processes (with their subprocesses), found by command line:
-    `python -m api.cli NAME` until it execs the server, then uvicorn/granian or celery."""
+    `python -m cli NAME` until it execs the server, then uvicorn/granian or celery."""
     roles: dict[str, set[int]] = {"api": set(), "worker": set(), "beat": set()}
     for pid in descendants(dev_pid):
         cmd = _cmdline(pid)
-        if "uvicorn" in cmd or "granian" in cmd or "api.cli api" in cmd:
+        if "uvicorn" in cmd or "granian" in cmd or "-m cli api " in cmd:
             roles["api"].add(pid)
-        elif ("celery" in cmd or "api.cli" in cmd) and " worker " in cmd:
+        elif ("celery" in cmd or "-m cli " in cmd) and " worker " in cmd:
             roles["worker"].add(pid)
-        elif ("celery" in cmd and " beat " in cmd) or cmd.endswith("api.cli beat "):
+        elif ("celery" in cmd and " beat " in cmd) or cmd.endswith("-m cli beat "):
             roles["beat"].add(pid)
     return roles
 
@@ -283,7 +283,7 @@ def test_dev_stops_cleanly_on_sigint_and_sigterm_at_random_moments(
 
 FLOODED = """
 import os, sys
-from api.cli import _Stop
+from cli.dev import _Stop
 
 stop = _Stop()
 stop.install()

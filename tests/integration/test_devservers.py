@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import redis
 
-from worker.devservers import EmbeddedServer, free_port, start_postgres, start_redis
+from devserver import EmbeddedServer, free_port, start_postgres, start_redis
 
 pytestmark = pytest.mark.timeout(60)
 

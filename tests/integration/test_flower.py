@@ -16,9 +16,9 @@ import httpx
 import pytest
 from celery import Celery
 
+from devserver import free_port
 from tests.integration.isolated import deployment_env, migrated_database, private_redis
 from tests.integration.support import Process, wait_for_http
-from worker.devservers import free_port
 from worker.routing import DRAIN_TASK, queue_for_partition
 
 PARTITIONS = 8
@@ -57,7 +57,7 @@ def test_flower_turns_on_task_events_and_shows_the_tasks(
 ) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
-    worker = Process("worker", ["-m", "api.cli", "worker"], deployment, logs)
+    worker = Process("worker", ["-m", "cli", "worker"], deployment, logs)
     port = free_port()
     flower_env = {
         **deployment,
@@ -66,7 +66,7 @@ def test_flower_turns_on_task_events_and_shows_the_tasks(
         # Flower 2 answers its JSON API only with a login configured or this set.
         "FLOWER_UNAUTHENTICATED_API": "true",
     }
-    flower = Process("flower", ["-m", "api.cli", "flower"], flower_env, logs)
+    flower = Process("flower", ["-m", "cli", "flower"], flower_env, logs)
     flower_url = f"http://127.0.0.1:{port}"
     probe = Celery("ledgerq-flower-probe", broker=deployment["LEDGERQ_BROKER_URL"])
     try:

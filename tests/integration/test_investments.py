@@ -21,6 +21,7 @@ import sqlalchemy as sa
 import websockets
 from sqlalchemy import Engine
 
+from devserver import free_port
 from tests.integration.support import (
     ROOT,
     LedgerClient,
@@ -28,7 +29,6 @@ from tests.integration.support import (
     assert_ledger_consistent,
     wait_for_http,
 )
-from worker.devservers import free_port
 from worker.events import captado_cache_key
 from worker.store.tables import positions, prices
 
@@ -239,7 +239,7 @@ async def test_price_series_range(
 
 def run_import(env: dict[str, str], path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", "import-prices", str(path)],
+        [sys.executable, "-m", "cli", "import-prices", str(path)],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
@@ -353,7 +353,7 @@ def second_api(service_env: dict[str, str], logs_dir: Path) -> Iterator[str]:
     port = free_port()
     process = Process(
         "api-captado",
-        ["-m", "api.cli", "api"],
+        ["-m", "cli", "api"],
         {**service_env, "LEDGERQ_API_PORT": str(port)},
         logs_dir,
     )

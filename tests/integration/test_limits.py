@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from api import intake
 from api.errors import ApiError
 from api.schemas import OperationRequest
+from devserver import free_port
 from domain.limits import DEFAULT_LIMITS, USER, Subject
 from tests.integration.support import (
     LedgerClient,
@@ -31,7 +32,6 @@ from tests.integration.support import (
 )
 from tests.integration.test_access import Caller, as_key, assert_problem, create_key, master
 from tests.integration.test_group_commit import in_process_api
-from worker.devservers import free_port
 from worker.routing import partition_for
 from worker.store import queries
 from worker.store.fast import FastStore
@@ -403,7 +403,7 @@ def second_api(service_env: dict[str, str], logs_dir: Path, api_url: str) -> Ite
     port = free_port()
     process = Process(
         "api-limits",
-        ["-m", "api.cli", "api"],
+        ["-m", "cli", "api"],
         {**service_env, "LEDGERQ_API_PORT": str(port)},
         logs_dir,
     )

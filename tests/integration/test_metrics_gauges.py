@@ -17,9 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
+from devserver import free_port
 from tests.integration.isolated import deployment_env, migrated_database, private_redis, wait_until
 from tests.integration.support import LedgerClient, Process, insert_pending, wait_for_http
-from worker.devservers import free_port
 from worker.routing import partition_for
 from worker.settings import normalize_database_url
 from worker.store.db import make_engine
@@ -48,7 +48,7 @@ def api(server_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) 
             "LEDGERQ_METRICS_INTERVAL": "3600",
             "LEDGERQ_METRICS_TOKEN": token,
         }
-        process = Process("metrics-api", ["-m", "api.cli", "api"], env, tmp)
+        process = Process("metrics-api", ["-m", "cli", "api"], env, tmp)
         engine = make_engine(normalize_database_url(url), pool_size=1)
         try:
             process.start()

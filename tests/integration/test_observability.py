@@ -22,6 +22,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
+from devserver import free_port
 from tests.integration.isolated import (
     deployment_env,
     fresh_database,
@@ -36,7 +37,6 @@ from tests.integration.support import (
     wait_for_http,
     wait_terminal,
 )
-from worker.devservers import free_port
 from worker.metrics import read_batch_sizes
 from worker.routing import partition_for
 from worker.settings import normalize_database_url
@@ -80,8 +80,8 @@ def deployment(
             # The queue gauges are read in the background: every second here.
             "LEDGERQ_METRICS_INTERVAL": "1",
         }
-        worker = Process("obs-worker", ["-m", "api.cli", "worker"], env, tmp)
-        api = Process("obs-api", ["-m", "api.cli", "api"], env, tmp)
+        worker = Process("obs-worker", ["-m", "cli", "worker"], env, tmp)
+        api = Process("obs-api", ["-m", "cli", "api"], env, tmp)
         engine = make_engine(normalize_database_url(database_url), pool_size=2)
         try:
             worker.start()
@@ -427,7 +427,7 @@ def test_ready_is_503_when_the_schema_is_behind(
             "LEDGERQ_API_PORT": str(port),
             "LEDGERQ_DB_POOL_SIZE": "3",
         }
-        api = Process("api-behind", ["-m", "api.cli", "api"], env, tmp_path)
+        api = Process("api-behind", ["-m", "cli", "api"], env, tmp_path)
         api.start()
         try:
             base = f"http://127.0.0.1:{port}"

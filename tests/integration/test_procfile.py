@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devserver import free_port
 from tests.integration.isolated import (
     deployment_env,
     descendants,
@@ -26,7 +27,6 @@ from tests.integration.isolated import (
     wait_until,
 )
 from tests.integration.support import LedgerClient
-from worker.devservers import free_port
 from worker.store import migrate
 
 ROOT = Path(__file__).resolve().parents[2]

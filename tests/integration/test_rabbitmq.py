@@ -22,6 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
+from devserver import free_port
 from tests.integration.isolated import (
     active_partition_queues,
     deployment_env,
@@ -36,7 +37,6 @@ from tests.integration.support import (
     key,
     wait_for_http,
 )
-from worker.devservers import free_port
 from worker.routing import queue_for_partition
 from worker.settings import normalize_database_url
 from worker.store.db import make_engine
@@ -102,9 +102,9 @@ def amqp_deployment(
         env = deployment_env(database_url, redis_url, tmp / "data", broker_url=broker_url)
         env["LEDGERQ_API_PORT"] = str(free_port())
         processes = [
-            Process("amqp-worker", ["-m", "api.cli", "worker"], env, logs),
-            Process("amqp-beat", ["-m", "api.cli", "beat"], env, logs),
-            Process("amqp-api", ["-m", "api.cli", "api"], env, logs),
+            Process("amqp-worker", ["-m", "cli", "worker"], env, logs),
+            Process("amqp-beat", ["-m", "cli", "beat"], env, logs),
+            Process("amqp-api", ["-m", "cli", "api"], env, logs),
         ]
         engine = make_engine(normalize_database_url(database_url), pool_size=2)
         try:

@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from devserver import free_port
 from tests.integration.isolated import (
     active_partition_queues,
     deployment_env,
@@ -36,7 +37,6 @@ from tests.integration.support import (
     wait_for_http,
     wait_terminal,
 )
-from worker.devservers import free_port
 from worker.routing import partition_for, queue_for_partition
 from worker.settings import normalize_database_url
 from worker.store.db import make_engine
@@ -98,7 +98,7 @@ def _fairly_spread(redis_url: str, workers: list[Process]) -> bool:
 
 
 def _start_worker(name: str, env: dict[str, str], logs: Path) -> Process:
-    process = Process(name, ["-m", "api.cli", "worker"], env, logs)
+    process = Process(name, ["-m", "cli", "worker"], env, logs)
     process.start()
     return process
 
@@ -112,7 +112,7 @@ async def test_workers_share_partitions_and_take_over_from_a_killed_one(
     workers: list[Process] = []
     port = free_port()
     api = Process(
-        "scaling-api", ["-m", "api.cli", "api"], {**env, "LEDGERQ_API_PORT": str(port)}, tmp_path
+        "scaling-api", ["-m", "cli", "api"], {**env, "LEDGERQ_API_PORT": str(port)}, tmp_path
     )
     try:
         # --- one worker: it holds every partition and consumes every partition queue.

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from api.cli import GRANIAN_LOG_CONFIG, api_command
 from api.granian_app import behind_proxies
+from cli.main import GRANIAN_LOG_CONFIG, api_command
 from worker.settings import API_SERVERS, VARIABLES, Settings, SettingsError
 
 BASE = {

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from api.bench.batches import counts_url
-from api.bench.report import batch_histogram, bucket_label
+from bench.batches import counts_url
+from bench.report import batch_histogram, bucket_label
 from worker import metrics
 from worker.apply_loop import Completion
 from worker.metrics import BATCH_FIELDS, BatchSizes, batch_bucket, parse_batch_sizes

@@ -7,7 +7,7 @@ import random
 from collections import Counter
 from uuid import uuid4
 
-from api.bench.workloads import RequestFactory
+from bench.workloads import RequestFactory
 
 
 def test_the_mixed_workload_sends_deposits_withdrawals_and_transfers() -> None:

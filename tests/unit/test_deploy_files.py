@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from api.cli import build_parser, flower_command, worker_command
+from cli.main import build_parser, flower_command, worker_command
 from worker.settings import VARIABLES, Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """The busiest frames of a `py-spy record --format raw` profile, as shares of the busy samples.
 
     py-spy record -p PID -d 15 -r 200 -f raw -o api.txt      # while a load runs
-    uv run python -m api.bench.profile_top api.txt [ROOT_FRAME] [N]
+    uv run python -m bench.profile_top api.txt [ROOT_FRAME] [N]
 
 A frame's share is inclusive: the samples whose stack contains it. Only stacks through ROOT_FRAME
 count (default `Runner.run`, the API's event loop; `fast_trace_task` for a Celery pool child), so

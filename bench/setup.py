@@ -14,8 +14,8 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from api.bench import BenchError
-from api.bench.db import (
+from bench import BenchError
+from bench.db import (
     OpSpec,
     Scope,
     insert_accounts,

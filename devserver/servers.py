@@ -8,7 +8,6 @@ stopped. Either way a server already running in the data dir is reused (started=
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -707,44 +706,3 @@ def _stop_redis(pid: int, data_dir: Path) -> None:
     recorded = _read_redis_pid(data_dir)
     if recorded is not None and recorded[0] == pid:
         pid_file.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------- manual checks
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m worker.devservers",
-        description="Start embedded PostgreSQL and Valkey under DIR/pg and DIR/redis until Ctrl-C.",
-    )
-    parser.add_argument("dir", type=Path)
-    args = parser.parse_args(argv)
-
-    def _interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # `kill PID` should shut the servers down as cleanly as Ctrl-C does.
-    signal.signal(signal.SIGTERM, _interrupt)
-
-    servers: list[EmbeddedServer] = []
-    try:
-        started = time.monotonic()
-        servers.append(start_postgres(args.dir / "pg"))
-        print(f"postgres: {servers[-1].url}  ({time.monotonic() - started:.2f}s)", flush=True)
-        started = time.monotonic()
-        servers.append(start_redis(args.dir / "redis"))
-        print(f"redis:    {servers[-1].url}  ({time.monotonic() - started:.2f}s)", flush=True)
-        print("Ctrl-C to stop.", flush=True)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for server in reversed(servers):
-            server.stop()
-            print(f"stopped {server.name} (pid {server.pid})", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

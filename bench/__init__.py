@@ -1,14 +1,20 @@
 """`ledgerq bench`: a load generator and verifier for a running ledgerq (options and wiring only).
 
-Heavy imports (httpx, SQLAlchemy, matplotlib) happen in `api.bench.runner` when the command runs,
-so `ledgerq api|worker|beat` do not pay for them.
+Heavy imports (httpx, SQLAlchemy, matplotlib) happen in `bench.runner` when the command runs,
+so `ledgerq api|worker|beat` do not pay for them. The bench's own packages are not the service's:
+they are the `bench` extra (`pip install 'ledgerq[bench]'`; `uv sync` installs them with the dev
+group). It reaches the database only through worker/store/ (bench.py there, and the ledger's
+functions for the baseline).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from typing import Any
+
+from worker.settings import SettingsError
 
 
 class BenchError(Exception):
@@ -40,7 +46,7 @@ examples:
   ledgerq bench verify                                 # wait for pending work, check the ledger
 
 The database URL is needed for setup, timestamps and verification; the Redis (broker) URL for
-`drain`, which rings the partitions' doorbells itself. See api/bench/README.md (wrk alternative).
+`drain`, which rings the partitions' doorbells itself. See bench/README.md (wrk alternative).
 """
 
 
@@ -161,13 +167,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     out.add_argument(
         "--write-accounts",
         metavar="FILE",
-        help="write the bench's account ids, one per line (input of api/bench/wrk/submit.lua)",
+        help="write the bench's account ids, one per line (input of bench/wrk/submit.lua)",
     )
     bench.set_defaults(handler=_run)
     return bench
 
 
+EXTRA = "bench"
+# The distributions of the extra and the module each provides.
+PACKAGES = {"httpx": "httpx", "rich": "rich", "psutil": "psutil", "matplotlib": "matplotlib"}
+
+
+def missing_packages() -> list[str]:
+    """The extra's distributions that cannot be imported here (none when it is installed)."""
+    return [name for name, module in PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
 def _run(args: argparse.Namespace) -> int:
-    from api.bench.runner import run
+    if absent := missing_packages():
+        raise SettingsError(
+            f"`ledgerq bench` needs the `{EXTRA}` extra ({', '.join(absent)} not installed): "
+            f"`pip install 'ledgerq[{EXTRA}]'`, or `uv sync` in a checkout"
+        )
+    from bench.runner import run
 
     return run(args)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 import msgspec
 
-from api.bench.workloads import HttpRequest
+from bench.workloads import HttpRequest
 
 _decode = msgspec.json.Decoder().decode
 

@@ -1,6 +1,6 @@
 """CPU seconds by component while a command runs, for wrk runs the bench does not drive.
 
-    uv run python -m api.bench.cpu_split -- wrk -t2 -c64 -d20s -s api/bench/wrk/submit.lua URL -- ...
+    uv run python -m bench.cpu_split -- wrk -t2 -c64 -d20s -s bench/wrk/submit.lua URL -- ...
 
 ledgerq's processes are told apart as the bench's monitor does (api, worker, beat, with their
 children); the rest by process name: postgres, redis, rabbitmq, wrk, other. Processes that start
@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import psutil
 
-from api.bench.monitor import classify
+from bench.monitor import classify
 
 _BY_NAME = (("postgres", "postgres"), ("redis-server", "redis"), ("beam", "rabbitmq"))
 _REPORTED = frozenset({"api", "worker", "beat", "postgres", "redis", "rabbitmq", "wrk"})

@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from api.bench.load import Plan, Recorder
+from bench.load import Plan, Recorder
 
 REFRESH = 0.5
 

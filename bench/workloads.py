@@ -9,7 +9,7 @@ from uuid import UUID
 
 import msgspec
 
-from api.bench.db import OpSpec
+from bench.db import OpSpec
 
 # Amounts in cents. Deposits are larger on average than withdrawals, so funded balances only
 # grow and a long run does not drift into insufficient_funds.

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
-from api.bench.db import Scope
+from bench.db import Scope
 from worker.store.tables import accounts, operations
 
 

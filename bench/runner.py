@@ -21,15 +21,15 @@ from rich.console import Console
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from api.bench import DEFAULT_ACCOUNTS, BenchError
-from api.bench import db as bench_db
-from api.bench.baseline import Progress as BaselineProgress
-from api.bench.baseline import prepare_world, run_baseline, workers_paused
-from api.bench.batches import BatchSizeProbe, counts_url
-from api.bench.db import CURRENCY, Scope
-from api.bench.live import LoadView, progress_bar, show_load
-from api.bench.load import Plan, Recorder, lane_clients, make_client, run_load
-from api.bench.metrics import (
+from bench import DEFAULT_ACCOUNTS, BenchError
+from bench import db as bench_db
+from bench.baseline import Progress as BaselineProgress
+from bench.baseline import prepare_world, run_baseline, workers_paused
+from bench.batches import BatchSizeProbe, counts_url
+from bench.db import CURRENCY, Scope
+from bench.live import LoadView, progress_bar, show_load
+from bench.load import Plan, Recorder, lane_clients, make_client, run_load
+from bench.metrics import (
     applied_summary,
     drain_summary,
     drain_timeline,
@@ -37,12 +37,12 @@ from api.bench.metrics import (
     http_timeline,
     memory_timeline,
 )
-from api.bench.monitor import Sampler, Target, database_key, machine
-from api.bench.report import plot, print_report, write_json
-from api.bench.setup import Setup, auth_headers, prepare_through_api, prepare_through_sql, ring
-from api.bench.verify import verify
-from api.bench.workloads import RequestFactory, drain_specs
-from api.cli import mask_url
+from bench.monitor import Sampler, Target, database_key, machine
+from bench.report import plot, print_report, write_json
+from bench.setup import Setup, auth_headers, prepare_through_api, prepare_through_sql, ring
+from bench.verify import verify
+from bench.workloads import RequestFactory, drain_specs
+from worker.settings import mask_url
 
 console = Console(highlight=False)
 T = TypeVar("T")
@@ -50,8 +50,8 @@ T = TypeVar("T")
 DEFAULT_CONCURRENCY = 64
 DEFAULT_BASELINE_THREADS = 4
 WRK_POINTER = (
-    "api/bench/README.md shows the wrk alternative: `ledgerq bench spread --duration 0 "
-    "--write-accounts accounts.txt`, then `wrk -t2 -c64 -d30s -s api/bench/wrk/submit.lua URL "
+    "bench/README.md shows the wrk alternative: `ledgerq bench spread --duration 0 "
+    "--write-accounts accounts.txt`, then `wrk -t2 -c64 -d30s -s bench/wrk/submit.lua URL "
     "-- accounts.txt USER:PASSWORD`, then `ledgerq bench verify`."
 )
 

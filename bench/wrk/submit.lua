@@ -1,9 +1,9 @@
 -- ledgerq bench, wrk edition: deposits and withdrawals (50/50) over the bench's accounts, each
 -- POST /api/v1/operations with its own Idempotency-Key and HTTP Basic auth. For when the Python
--- client (ledgerq bench) cannot generate enough load. See api/bench/README.md.
+-- client (ledgerq bench) cannot generate enough load. See bench/README.md.
 --
 --   uv run ledgerq bench spread --duration 0 --write-accounts accounts.txt
---   wrk -t2 -c64 -d30s -s api/bench/wrk/submit.lua http://127.0.0.1:8000 -- accounts.txt bench:PASSWORD
+--   wrk -t2 -c64 -d30s -s bench/wrk/submit.lua http://127.0.0.1:8000 -- accounts.txt bench:PASSWORD
 --   uv run ledgerq bench verify
 --
 -- Arguments after `--`: the account id file (one UUID a line) and USER:PASSWORD, or

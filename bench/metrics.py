@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from api.bench.db import OpTimes
-from api.bench.load import Plan, Recorder
-from api.bench.stats import Distribution, bucketed_values, buckets, peak, percentile, rate
+from bench.db import OpTimes
+from bench.load import Plan, Recorder
+from bench.stats import Distribution, bucketed_values, buckets, peak, percentile, rate
 
 
 def distribution(values: Sequence[float]) -> dict[str, Any]:
