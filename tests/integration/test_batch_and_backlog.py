@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from devserver import free_port
 from tests.integration.support import (
     LedgerClient,
     Process,
@@ -22,7 +23,6 @@ from tests.integration.support import (
     wait_for_http,
     wait_terminal,
 )
-from worker.devservers import free_port
 from worker.routing import partition_for
 from worker.store.ledger import ADVISORY_NAMESPACE
 
@@ -104,7 +104,7 @@ async def test_batch_limits(alice: LedgerClient) -> None:
 def small_backlog_api(service_env: dict[str, str], logs_dir: Path) -> Iterator[str]:
     port = free_port()
     env = {**service_env, "LEDGERQ_API_PORT": str(port), "LEDGERQ_MAX_BACKLOG": "5"}
-    process = Process("api-small-backlog", ["-m", "api.cli", "api"], env, logs_dir)
+    process = Process("api-small-backlog", ["-m", "cli", "api"], env, logs_dir)
     process.start()
     url = f"http://127.0.0.1:{port}"
     wait_for_http(f"{url}/health", process, timeout=60)
