@@ -268,14 +268,8 @@ async def submit(
             api_key_id=api_key_id,
             any_owner=admin,
         )
-        if isinstance(prepared, NewOperation) and services.backlog.is_full(prepared.partition):
-            prepared = ApiError(
-                503,
-                "backlog_full",
-                "Too many operations are waiting in this account's partition; retry shortly.",
-                headers={"Retry-After": "1"},
-            )
         outcomes.append(prepared)
+    outcomes = await _hold_back(services, outcomes)
     news = [o for o in outcomes if isinstance(o, NewOperation)]
     if not news:
         return [o for o in outcomes if not isinstance(o, NewOperation)]
@@ -294,6 +288,40 @@ async def submit(
         if refusal is not None:
             raise limit_exceeded(refusal)
     return [judge(o, stored) if isinstance(o, NewOperation) else o for o in outcomes]
+
+
+async def _hold_back(
+    services: Services, outcomes: list[Outcome | NewOperation]
+) -> list[Outcome | NewOperation]:
+    """Backpressure: a new operation for a partition whose backlog is full answers 503
+    backlog_full. A key already stored is not new: a client retrying it (its first answer lost)
+    learns its operation as any replay does, whatever the backlog; only this path reads it."""
+    full = [
+        o for o in outcomes if isinstance(o, NewOperation) and services.backlog.is_full(o.partition)
+    ]
+    if not full:
+        return outcomes
+    try:
+        stored = await queries.operations_by_keys(
+            services.fast, [(o.principal_id, o.idempotency_key) for o in full]
+        )
+    except psycopg.Error:
+        stored = {}
+    held = {id(o) for o in full}
+    return [
+        _held(o, stored) if id(o) in held and isinstance(o, NewOperation) else o for o in outcomes
+    ]
+
+
+def _held(new: NewOperation, stored: dict[OperationKey, Record]) -> Outcome:
+    if (new.principal_id, new.idempotency_key) in stored:
+        return judge(new, stored)
+    return ApiError(
+        503,
+        "backlog_full",
+        "Too many operations are waiting in this account's partition; retry shortly.",
+        headers={"Retry-After": "1"},
+    )
 
 
 def judge(new: NewOperation, stored: dict[OperationKey, Record]) -> Outcome:

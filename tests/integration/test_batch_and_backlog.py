@@ -123,22 +123,42 @@ async def test_full_backlog_answers_503_and_stores_nothing(
     with engine.connect() as holder:
         holder.execute(sa.select(sa.func.pg_advisory_lock(ADVISORY_NAMESPACE, partition)))
         try:
-            held = insert_pending(engine, alice.user_id, account, [100] * 6)
-            await asyncio.sleep(2.5)  # the monitor refreshes every second
-            before = operation_count(engine, alice.user_id)
+            first = {"type": "deposit", "account_id": account, "amount": "2.00"}
+            first_key = key()
             async with httpx.AsyncClient(
                 base_url=small_backlog_api, auth=alice.auth, timeout=30
             ) as client:
+                # Accepted while the backlog had room; it waits behind the lock with the rest.
+                r = await client.post(
+                    "/api/v1/operations", json=first, headers={"Idempotency-Key": first_key}
+                )
+                assert r.status_code == 202, r.text
+                first_id = r.json()["id"]
+                held = insert_pending(engine, alice.user_id, account, [100] * 6)
+                await asyncio.sleep(2.5)  # the monitor refreshes every second
+                before = operation_count(engine, alice.user_id)
                 r = await client.post(
                     "/api/v1/operations",
                     json={"type": "deposit", "account_id": account, "amount": "1.00"},
                     headers={"Idempotency-Key": key()},
                 )
-            assert r.status_code == 503, r.text
-            assert r.json()["code"] == "backlog_full"
-            assert r.headers["Retry-After"] == "1"
+                assert r.status_code == 503, r.text
+                assert r.json()["code"] == "backlog_full"
+                assert r.headers["Retry-After"] == "1"
+                # A retry of a stored key is no new work: its replay, not a 503.
+                r = await client.post(
+                    "/api/v1/operations", json=first, headers={"Idempotency-Key": first_key}
+                )
+                assert (r.status_code, r.json()["id"]) == (200, first_id), r.text
+                assert r.headers["Idempotent-Replayed"] == "true"
+                r = await client.post(
+                    "/api/v1/operations",
+                    json={**first, "amount": "3.00"},
+                    headers={"Idempotency-Key": first_key},
+                )
+                assert (r.status_code, r.json()["code"]) == (422, "idempotency_key_reused")
             assert operation_count(engine, alice.user_id) == before
         finally:
             holder.execute(sa.select(sa.func.pg_advisory_unlock(ADVISORY_NAMESPACE, partition)))
             holder.commit()
-    assert set(wait_terminal(engine, held).values()) == {"succeeded"}
+    assert set(wait_terminal(engine, [*held, UUID(first_id)]).values()) == {"succeeded"}

@@ -424,6 +424,15 @@ _BEGIN = Compiled(sa.text("BEGIN"))
 _COMMIT = Compiled(sa.text("COMMIT"))
 
 
+async def operations_by_keys(
+    db: FastStore, keys: Sequence[OperationKey]
+) -> dict[OperationKey, Record]:
+    """The operations already stored under these (principal, idempotency key) pairs."""
+    if not keys:
+        return {}
+    return _by_key(await db.all(_OPERATIONS_BY_KEYS, _keys_params(list(keys))))
+
+
 async def _run_many(
     cursor: AsyncClientCursor[Any], statements: Sequence[tuple[Compiled, Mapping[str, Any]]]
 ) -> list[list[Any]]:
