@@ -376,23 +376,22 @@ def _decode_token(secret_key: str, token: str) -> tuple[Principal, int]:
 
 async def check_not_revoked(services: Services, principal: Principal) -> None:
     """A revoked token is refused like an invalid one. Memory answers (no round trip) while this
-    process's subscription to revocations is up; otherwise Redis does, and when neither can, the
-    request is refused with 503 rather than let a revoked token through."""
+    process's subscription to revocations is up; otherwise Redis does, or, when Redis does not
+    answer, the memory of a process that has been subscribed (api/revocation.py); a process that
+    never was refuses the request with 503 rather than let a revoked token through."""
     assert principal.token_id is not None
     denylist = denylist_for(services.settings.redis_url)
-    revoked = denylist.known(principal.token_id)
-    if revoked is None:
-        try:
-            revoked = await denylist.lookup(principal.token_id)
-        except RevocationUnavailable:
-            log.warning("token_revocation_check_unavailable")
-            raise ApiError(
-                503,
-                "token_check_unavailable",
-                "Cannot check the token against revocations now; retry shortly, or use HTTP "
-                "Basic or an API key.",
-                headers={"Retry-After": "1"},
-            ) from None
+    try:
+        revoked = await denylist.is_revoked(principal.token_id)
+    except RevocationUnavailable:
+        log.warning("token_revocation_check_unavailable")
+        raise ApiError(
+            503,
+            "token_check_unavailable",
+            "Cannot check the token against revocations now; retry shortly, or use HTTP "
+            "Basic or an API key.",
+            headers={"Retry-After": "1"},
+        ) from None
     if revoked:
         raise unauthenticated("The token has been revoked.", bearer_error="invalid_token")
 

@@ -9,8 +9,16 @@ after all of them did, or after a few seconds (then it says how many confirmed):
 answered, the token is refused by every API process, whichever the client talks to next.
 
 A process whose subscription is not established (starting, or reconnecting after an error) does
-not trust its memory: it asks Redis (ZSCORE) for every bearer token until it is subscribed again,
-and answers 503 when Redis does not answer either, rather than let a revoked token through.
+not trust its memory: it asks Redis (ZSCORE) for every bearer token until it is subscribed again.
+When Redis does not answer either, a process that has been subscribed once answers from memory:
+it held every revocation stored up to the moment its subscription broke, and no revocation can be
+stored while Redis is unreachable (a revoker that reached Redis while this process could not is
+told so: its answer counts this process as unconfirmed). Only a process that never loaded the set
+(started during the outage) refuses bearer tokens, with 503. So a Redis outage does not stop
+clients that authenticate with bearer tokens, as it stops no other request that PostgreSQL alone
+can serve (fault suite, docs/reliability.md). Revocations live in Redis: a Redis restarted empty
+forgets them, except in the memory of API processes that knew them (reloading adds, never
+removes).
 """
 
 from __future__ import annotations
@@ -54,6 +62,10 @@ class TokenDenylist:
         self.revoked: dict[str, float] = {}  # token id -> expiry (seconds since the epoch)
         # True while subscribed and loaded: memory then holds every revocation.
         self.ready = False
+        # True once memory was loaded: it then holds every revocation stored before the
+        # subscription last broke.
+        self.synced = False
+        self._answering_from_memory = False
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ checking
@@ -77,8 +89,22 @@ class TokenDenylist:
         return score is not None
 
     async def is_revoked(self, token_id: str) -> bool:
+        """Memory while subscribed; else Redis; else, once synced, memory as of the break.
+        Raises RevocationUnavailable only when this process never loaded the set."""
         known = self.known(token_id)
-        return known if known is not None else await self.lookup(token_id)
+        if known is not None:
+            return known
+        try:
+            revoked = await self.lookup(token_id)
+        except RevocationUnavailable:
+            if not self.synced:
+                raise
+            if not self._answering_from_memory:
+                self._answering_from_memory = True
+                log.warning("token_revocations_from_memory", known=len(self.revoked))
+            return token_id in self.revoked
+        self._answering_from_memory = False
+        return revoked
 
     # ------------------------------------------------------------ revoking
 
@@ -159,7 +185,8 @@ class TokenDenylist:
             for member, score in stored:
                 name = member.decode() if isinstance(member, bytes) else str(member)
                 self.revoked[name] = float(score)
-            self.ready = True
+            self.ready = self.synced = True
+            self._answering_from_memory = False
             log.info("token_revocations_listening", known=len(self.revoked))
             heard = time.monotonic()
             pinged = heard

@@ -182,3 +182,40 @@ async def test_revoking_needs_a_caller_and_ignores_what_is_no_token(
     assert_unauthenticated(await http.get("/api/v1/accounts", headers=bearer(token)))
     r = await http.post("/api/v1/auth/revoke", json={}, headers=bearer(await token_for(http, bob)))
     assert_problem(r, 422, "validation_error")
+
+
+async def test_a_redis_outage_leaves_bearer_tokens_to_the_memory_of_a_synced_process(
+    redis_url: str,
+) -> None:
+    """Redis unreachable: a process that had loaded the revocations answers from them (nothing
+    can be revoked meanwhile), a process that never had refuses (503 in the API)."""
+    import asyncio
+
+    from api.revocation import RevocationUnavailable, TokenDenylist
+
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    synced = TokenDenylist(redis_url)
+    assert synced.known("warm-up") is None  # starts listening
+    for _ in range(100):
+        if synced.ready:
+            break
+        await asyncio.sleep(0.05)
+    assert synced.ready
+    revoked_id, other_id = f"revoked-{time.time_ns()}", f"other-{time.time_ns()}"
+    await synced.revoke(revoked_id, time.time() + 60)
+    # The subscription breaks and Redis stops answering.
+    assert synced._task is not None
+    synced._task.cancel()
+    await asyncio.gather(synced._task, return_exceptions=True)
+    synced.client = redis.asyncio.Redis.from_url(unreachable, socket_connect_timeout=1)
+    synced._ensure_listening = lambda: None  # type: ignore[method-assign]
+    assert not synced.ready
+    assert await synced.is_revoked(revoked_id) is True
+    assert await synced.is_revoked(other_id) is False
+
+    never = TokenDenylist(unreachable)
+    never._ensure_listening = lambda: None  # type: ignore[method-assign]
+    with pytest.raises(RevocationUnavailable):
+        await never.is_revoked(other_id)
+    await synced.client.aclose()
+    await never.client.aclose()
