@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from bench.db import OpTimes
 from bench.load import Plan, Recorder
 from bench.stats import Distribution, bucketed_values, buckets, peak, percentile, rate
+from worker.store.bench import OpTimes
 
 
 def distribution(values: Sequence[float]) -> dict[str, Any]:

@@ -22,11 +22,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from bench import DEFAULT_ACCOUNTS, BenchError
-from bench import db as bench_db
 from bench.baseline import Progress as BaselineProgress
-from bench.baseline import prepare_world, run_baseline, workers_paused
+from bench.baseline import prepare_world, run_baseline
 from bench.batches import BatchSizeProbe, counts_url
-from bench.db import CURRENCY, Scope
 from bench.live import LoadView, progress_bar, show_load
 from bench.load import Plan, Recorder, lane_clients, make_client, run_load
 from bench.metrics import (
@@ -39,10 +37,20 @@ from bench.metrics import (
 )
 from bench.monitor import Sampler, Target, database_key, machine
 from bench.report import plot, print_report, write_json
-from bench.setup import Setup, auth_headers, prepare_through_api, prepare_through_sql, ring
+from bench.setup import (
+    Setup,
+    auth_headers,
+    prefill,
+    prepare_through_api,
+    prepare_through_sql,
+    ring,
+    wait_until_terminal,
+)
 from bench.verify import verify
-from bench.workloads import RequestFactory, drain_specs
+from bench.workloads import CURRENCY, OpSpec, RequestFactory, drain_specs
 from worker.settings import mask_url
+from worker.store import bench as store
+from worker.store.bench import OpTimes, Scope
 
 console = Console(highlight=False)
 T = TypeVar("T")
@@ -73,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     _check(args)
     _configure_environment(args)
-    engine = bench_db.connect(args.database_url, pool_size=_threads(args) + 2)
+    engine = store.connect(args.database_url, pool_size=_threads(args) + 2)
     try:
-        if not bench_db.has_schema(engine):
+        if not store.has_schema(engine):
             raise BenchError(
                 f"{mask_url(args.database_url)} has no ledgerq tables: is it the target's "
                 "database (and migrated, `ledgerq migrate`)?"
@@ -129,7 +137,7 @@ def _batch_probe(args: argparse.Namespace, notes: list[str]) -> BatchSizeProbe:
     return BatchSizeProbe(counts_url(os.environ.get("LEDGERQ_REDIS_URL"), args.redis_url), notes)
 
 
-def _finished(ops: Sequence[bench_db.OpTimes]) -> int:
+def _finished(ops: Sequence[OpTimes]) -> int:
     return sum(1 for o in ops if o.status != "pending")
 
 
@@ -246,18 +254,18 @@ async def _http(
             args.workload, setup.accounts, f"{run_id}-s-", args.batch, _rng(args)
         )
         plan = Plan(args.duration, args.rate, concurrency, factory.units_per_request)
-        load_mark = bench_db.max_seq(engine)
+        load_mark = store.max_seq(engine)
         sampler = Sampler(_target(args))
         batches = _batch_probe(args, notes)
         batches.start()
         rec = Recorder()
-        t0 = bench_db.db_clock(engine)
+        t0 = store.db_clock(engine)
         start = time.monotonic()
         sampler.start(start)
         view = LoadView(args.workload, plan, rec, start)
         done = asyncio.Event()
         display = asyncio.create_task(
-            show_load(console, view, done, lambda: bench_db.pending_total(engine))
+            show_load(console, view, done, lambda: store.pending_total(engine))
         )
         try:
             await run_load(clients, plan, factory, rec, start)
@@ -270,7 +278,7 @@ async def _http(
         _settle(engine, run_scope, args.settle_timeout, notes)
     sampler.stop()
     http = http_summary(rec, plan, elapsed)
-    ops = bench_db.operation_times(engine, run_scope) if args.workload != "read" else []
+    ops = store.operation_times(engine, run_scope) if args.workload != "read" else []
     memory = sampler.summary()
     result.update(
         http=http,
@@ -289,10 +297,10 @@ async def _http(
 
 
 def _tidy(engine: Engine, notes: list[str]) -> None:
-    if bench_db.vacuum_without_autovacuum(engine):
+    if store.vacuum_without_autovacuum(engine):
         note = (
             "autovacuum is off on the target's PostgreSQL: ran VACUUM (ANALYZE) on "
-            f"{', '.join(bench_db.VACUUMED_TABLES)} before the load, as autovacuum would have"
+            f"{', '.join(store.VACUUMED_TABLES)} before the load, as autovacuum would have"
         )
         console.print(f"[yellow]{note}[/]")
         notes.append(note)
@@ -300,12 +308,12 @@ def _tidy(engine: Engine, notes: list[str]) -> None:
 
 def _settle(engine: Engine, scope: Scope, timeout: float, notes: list[str]) -> None:
     """Wait (bounded) until every operation of the run is terminal, showing the remaining count."""
-    total = bench_db.pending_in(engine, scope)
+    total = store.pending_in(engine, scope)
     if total == 0:
         return
     with progress_bar(console) as bar:
         task = bar.add_task("settling: applying what is pending", total=total, rate="")
-        remaining = bench_db.wait_until_terminal(
+        remaining = wait_until_terminal(
             engine, scope, timeout, lambda left: bar.update(task, completed=total - left)
         )
     if remaining:
@@ -367,16 +375,16 @@ def _drain(
     result: dict[str, Any] = {"setup": _setup_report(setup)}
 
     _tidy(engine, notes)
-    mark = bench_db.max_seq(engine)
+    mark = store.max_seq(engine)
     batches = _batch_probe(args, notes)
     batches.start()
     console.print(f"prefilling {args.ops:,} pending operations in one transaction (COPY) ...")
-    filled = bench_db.prefill(engine, setup.principal_id, specs, f"{run_id}-d-", args.partitions)
+    filled = prefill(engine, setup.principal_id, specs, f"{run_id}-d-", args.partitions)
     sampler.start()
     ring(filled.partitions)
     scope = Scope(setup.principal_id, mark, f"{run_id}-d-")
     _watch_drain(engine, scope, args.ops, filled.committed_at, args.settle_timeout, notes)
-    batched = bench_db.operation_times(engine, scope)
+    batched = store.operation_times(engine, scope)
     result["prefill"] = {
         "operations": filled.count,
         "seconds": round(filled.seconds, 2),
@@ -386,7 +394,7 @@ def _drain(
     result["drain"] = drain_summary(batched, filled.committed_at)
     result["batch_sizes"] = batches.finish(_finished(batched))
 
-    baseline_ops: list[bench_db.OpTimes] = []
+    baseline_ops: list[OpTimes] = []
     baseline_start: float | None = None
     if args.baseline:
         baseline_ops, baseline_start, result["baseline"] = _baseline(
@@ -420,7 +428,7 @@ def _watch_drain(
             seconds = max(time.time() - since, 1e-3)  # DB and local clocks: same machine, close
             bar.update(task, completed=done, rate=f"{done / seconds:,.0f} ops/s")
 
-        remaining = bench_db.wait_until_terminal(engine, scope, timeout, tick, poll=0.05)
+        remaining = wait_until_terminal(engine, scope, timeout, tick, poll=0.05)
     if remaining:
         notes.append(f"drain: {remaining:,} operations still pending after {timeout:g}s")
 
@@ -429,21 +437,19 @@ def _baseline(
     args: argparse.Namespace,
     engine: Engine,
     setup: Setup,
-    specs: list[bench_db.OpSpec],
+    specs: list[OpSpec],
     run_id: str,
     notes: list[str],
-) -> tuple[list[bench_db.OpTimes], float, dict[str, Any]]:
+) -> tuple[list[OpTimes], float, dict[str, Any]]:
     threads = args.concurrency or DEFAULT_BASELINE_THREADS
     prepare_world(engine, range(args.partitions), CURRENCY)
-    mark = bench_db.max_seq(engine)
+    mark = store.max_seq(engine)
     progress = BaselineProgress()
     # Paused from before the prefill to the end: no sweeper ring can let a worker take these.
-    with workers_paused(engine, range(args.partitions)):
+    with store.partitions_held(engine, range(args.partitions)):
         console.print(f"baseline: prefilling the same {len(specs):,} operations again ...")
-        filled = bench_db.prefill(
-            engine, setup.principal_id, specs, f"{run_id}-b-", args.partitions
-        )
-        start = bench_db.db_clock(engine)
+        filled = prefill(engine, setup.principal_id, specs, f"{run_id}-b-", args.partitions)
+        start = store.db_clock(engine)
         elapsed = _baseline_with_progress(engine, filled.ids, threads, progress)
     if progress.taken_by_workers:
         notes.append(
@@ -452,7 +458,7 @@ def _baseline(
         )
     scope = Scope(setup.principal_id, mark, f"{run_id}-b-")
     _settle(engine, scope, args.settle_timeout, notes)  # what the workers took, if any
-    ops = bench_db.operation_times(engine, scope)
+    ops = store.operation_times(engine, scope)
     mine = progress.applied + sum(progress.failed.values())
     return (
         ops,

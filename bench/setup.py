@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import httpx
 import msgspec
-import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from bench import BenchError
-from bench.db import (
-    OpSpec,
-    Scope,
-    insert_accounts,
-    max_seq,
-    owner_of,
-    prefill,
-    user_id,
-    wait_until_terminal,
-)
-from worker.store.queries import new_id
-from worker.store.tables import users
+from bench.workloads import CATEGORY, CURRENCY, OpSpec
+from domain.idempotency import request_fingerprint
+from worker.routing import partition_for
+from worker.store import bench as store
+from worker.store.bench import PendingRow, Scope
 
 # Each account starts with 1,000,000.00 USD: withdrawals (up to 50.00) and transfers (up to 10.00)
 # then succeed for the whole run, so the bench measures applying, not insufficient_funds.
@@ -75,7 +67,7 @@ async def register(client: httpx.AsyncClient, username: str, password: str) -> N
 
 async def create_account(client: httpx.AsyncClient, name: str) -> UUID:
     r = await client.post(
-        "/api/v1/accounts", json={"name": name, "type": "checking", "currency": "USD"}
+        "/api/v1/accounts", json={"name": name, "type": "checking", "currency": CURRENCY}
     )
     if r.status_code == 401:
         raise BenchError(
@@ -100,7 +92,7 @@ async def fund_through_api(
                 "type": "deposit",
                 "account_id": str(account),
                 "amount": amount,
-                "category": "bench",
+                "category": CATEGORY,
             }
             for n, account in enumerate(chunk)
         ]
@@ -131,15 +123,16 @@ async def prepare_through_api(
     """Register, open the first account through the API (it also proves the credentials), the rest
     in bulk through SQL, fund them all through the API, and wait until the funding is applied."""
     started = time.perf_counter()
-    after_seq = max_seq(engine)
+    after_seq = store.max_seq(engine)
     if api_key is None:
         await register(client, username, password)
     first = await create_account(client, f"{label} #0")
     # Whoever the credentials belong to (user or API key) owns this account: the bench's principal.
-    principal_id = owner_of(engine, first)
-    accounts = (
-        [first, *insert_accounts(engine, principal_id, count - 1, label)] if count > 1 else [first]
+    principal_id = store.owner_of(engine, first)
+    rest = (
+        store.insert_accounts(engine, principal_id, count - 1, label, CURRENCY) if count > 1 else []
     )
+    accounts = [first, *rest]
     funded = await fund_through_api(client, accounts, key_prefix)
     _wait_funded(engine, Scope(principal_id, after_seq, key_prefix), funded)
     return Setup(principal_id, accounts, funded, time.perf_counter() - started, after_seq)
@@ -148,18 +141,13 @@ async def prepare_through_api(
 def ensure_user(engine: Engine, username: str, password: str) -> UUID:
     """The bench user, created directly in SQL when missing (drain needs no API): the same argon2
     hash the API writes, so the user also works against the API afterwards."""
-    existing = user_id(engine, username)
+    existing = store.user_id(engine, username)
     if existing is not None:
         return existing
     from api.auth import hash_password  # argon2; only needed here
 
-    with engine.begin() as conn:
-        conn.execute(
-            sa.dialects.postgresql.insert(users)
-            .values(id=new_id(), username=username, password_hash=hash_password(password))
-            .on_conflict_do_nothing()
-        )
-    found = user_id(engine, username)
+    store.create_user(engine, username, hash_password(password))
+    found = store.user_id(engine, username)
     assert found is not None
     return found
 
@@ -184,14 +172,67 @@ def prepare_through_sql(
     """Everything in SQL, for `drain` (the API may be stopped): user, accounts, funding deposits
     prefilled and rung, then wait until the workers applied them."""
     started = time.perf_counter()
-    after_seq = max_seq(engine)
+    after_seq = store.max_seq(engine)
     principal_id = ensure_user(engine, username, password)
-    accounts = insert_accounts(engine, principal_id, count, label)
+    accounts = store.insert_accounts(engine, principal_id, count, label, CURRENCY)
     specs = [OpSpec("deposit", account, FUNDING) for account in accounts]
     done = prefill(engine, principal_id, specs, key_prefix, partitions)
     ring(done.partitions)
     _wait_funded(engine, Scope(principal_id, after_seq, key_prefix), len(specs))
     return Setup(principal_id, accounts, len(specs), time.perf_counter() - started, after_seq)
+
+
+@dataclass(frozen=True)
+class Prefill:
+    count: int
+    seconds: float
+    committed_at: float  # PostgreSQL clock right after the commit: when the rows became visible
+    partitions: list[int]
+    ids: list[UUID]
+
+
+def prefill(
+    engine: Engine, principal_id: UUID, specs: Sequence[OpSpec], key_prefix: str, partitions: int
+) -> Prefill:
+    """Store the operations as pending in ONE transaction with COPY, so none is visible before the commit.
+
+    Nothing is rung: the caller decides who applies them (the workers, or the baseline).
+    """
+    started = time.perf_counter()
+    rows = [
+        PendingRow(
+            partition=partition_for(spec.account_id, partitions),
+            idempotency_key=f"{key_prefix}{n}",
+            fingerprint=request_fingerprint({"bench": f"{key_prefix}{n}"}),
+            type=spec.type,
+            account_id=spec.account_id,
+            amount=spec.amount,
+            to_account_id=spec.to_account_id,
+        )
+        for n, spec in enumerate(specs)
+    ]
+    ids = store.copy_pending(engine, principal_id, rows, CURRENCY, CATEGORY)
+    committed_at = store.db_clock(engine)
+    touched = sorted({row.partition for row in rows})
+    return Prefill(len(specs), time.perf_counter() - started, committed_at, touched, ids)
+
+
+def wait_until_terminal(
+    engine: Engine,
+    scope: Scope,
+    timeout: float,
+    on_tick: Callable[[int], None] | None = None,
+    poll: float = 0.1,
+) -> int:
+    """Poll until no operation of the scope is pending or the timeout passes; returns how many still are."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = store.pending_in(engine, scope)
+        if on_tick is not None:
+            on_tick(remaining)
+        if remaining == 0 or time.monotonic() >= deadline:
+            return remaining
+        time.sleep(poll)
 
 
 def _wait_funded(engine: Engine, scope: Scope, count: int) -> None:

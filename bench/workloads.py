@@ -9,7 +9,9 @@ from uuid import UUID
 
 import msgspec
 
-from bench.db import OpSpec
+# Every bench account and operation is in this currency.
+CURRENCY = "USD"
+CATEGORY = "bench"
 
 # Amounts in cents. Deposits are larger on average than withdrawals, so funded balances only
 # grow and a long run does not drift into insufficient_funds.
@@ -20,6 +22,16 @@ TRANSFER_CENTS = (1, 1_000)
 HTTP_WORKLOADS = ("spread", "hot", "transfers", "mixed", "read")
 _JSON = {"Content-Type": "application/json"}
 _encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True, slots=True)
+class OpSpec:
+    """An operation the bench submits or prefills; amount in minor units."""
+
+    type: str
+    account_id: UUID
+    amount: int
+    to_account_id: UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +74,7 @@ def operation_body(spec: OpSpec) -> dict[str, str]:
         "type": spec.type,
         "account_id": str(spec.account_id),
         "amount": amount_text(spec.amount),
-        "category": "bench",
+        "category": CATEGORY,
     }
     if spec.to_account_id is not None:
         body["to_account_id"] = str(spec.to_account_id)

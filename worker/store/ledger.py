@@ -92,26 +92,50 @@ def any_pending(conn: Connection, partition: int) -> bool:
         raw.autocommit = False
 
 
+def _pending(r: Any) -> PendingOperation:
+    return PendingOperation(
+        Operation(
+            id=r.id,
+            type=OperationType(r.type),
+            account_id=r.account_id,
+            amount=r.amount,
+            currency=r.currency,
+            to_account_id=r.to_account_id,
+            asset_id=r.asset_id,
+            quantity=r.quantity,
+        ),
+        r.category,
+    )
+
+
 def lock_pending_batch(conn: Connection, partition: int, limit: int) -> list[PendingOperation]:
     """Lock the partition for this transaction and read up to `limit` pending operations, in order."""
     params = {"namespace": ADVISORY_NAMESPACE, "partition": partition, "limit": limit}
-    rows = _run(conn, _LOCKED_PENDING_BATCH, params)
-    return [
-        PendingOperation(
-            Operation(
-                id=r.id,
-                type=OperationType(r.type),
-                account_id=r.account_id,
-                amount=r.amount,
-                currency=r.currency,
-                to_account_id=r.to_account_id,
-                asset_id=r.asset_id,
-                quantity=r.quantity,
-            ),
-            r.category,
-        )
-        for r in rows
-    ]
+    return [_pending(r) for r in _run(conn, _LOCKED_PENDING_BATCH, params)]
+
+
+# By primary key alone (a status condition let the planner walk the pending index). FOR NO KEY
+# UPDATE as in the batch: API inserts referencing the accounts (KEY SHARE) never wait on it.
+_CLAIM_OPERATION = Compiled(
+    sa.text(
+        """
+        SELECT id, type, account_id, to_account_id, amount, currency, category, asset_id,
+               quantity, partition, status
+        FROM operations WHERE id = :id
+        FOR NO KEY UPDATE SKIP LOCKED
+        """
+    )
+)
+
+
+def claim_pending(conn: Connection, operation_id: UUID) -> tuple[int, PendingOperation] | None:
+    """Lock one operation for this transaction, with its partition, if it is still pending and no
+    other transaction holds it (SKIP LOCKED); None otherwise. No partition lock: the one-operation-
+    per-transaction design the bench's baseline measures (bench/baseline.py), not the workers'."""
+    rows = _run(conn, _CLAIM_OPERATION, {"id": operation_id})
+    if not rows or rows[0].status != "pending":
+        return None
+    return rows[0].partition, _pending(rows[0])
 
 
 def ensure_system_accounts(
