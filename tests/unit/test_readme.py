@@ -69,3 +69,14 @@ def test_every_docs_page_opens_with_what_it_is_for() -> None:
         lines = page.read_text().splitlines()
         assert lines[0].startswith("# "), page.name
         assert lines[1] == "" and lines[2].strip(), f"{page.name}: no statement under the title"
+
+
+def test_every_cited_bench_file_exists() -> None:
+    """Files under docs/bench/ named in code spans (`docs/bench/drain.json`) exist; globs match."""
+    missing = []
+    for page in PAGES:
+        text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+        for cited in re.findall(r"`(docs/bench/[^`\s]+)`", text):
+            if not list(ROOT.glob(cited)):
+                missing.append(f"{page.relative_to(ROOT)}: {cited}")
+    assert not missing, missing
