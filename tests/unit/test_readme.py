@@ -69,6 +69,7 @@ def test_every_docs_page_opens_with_what_it_is_for() -> None:
         lines = page.read_text().splitlines()
         assert lines[0].startswith("# "), page.name
         assert lines[1] == "" and lines[2].strip(), f"{page.name}: no statement under the title"
+        assert lines[3] == "", f"{page.name}: the opening statement is more than one line"
 
 
 def test_every_cited_bench_file_exists() -> None:
