@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 _FRAME = re.compile(r"^(?P<name>[^ ]+) \((?P<file>[^:)]+)")
+# This checkout's root, stripped from our own frames' paths as site-packages is from libraries'.
+_ROOT = str(Path(__file__).resolve().parents[1]) + "/"
 
 
 def frame_name(frame: str) -> str:
@@ -23,7 +25,7 @@ def frame_name(frame: str) -> str:
     match = _FRAME.match(frame)
     if match is None:
         return frame
-    path = match["file"].split("site-packages/")[-1].split("/work/main/")[-1]
+    path = match["file"].split("site-packages/")[-1].split(_ROOT)[-1]
     return f"{match['name']} ({path})"
 
 

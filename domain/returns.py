@@ -1,6 +1,6 @@
 """Investment reporting rules: prices and quantities, returns (simple and time-weighted), captado.
 
-Conventions (documented for users in the README):
+Conventions (documented for users in docs/api.md, Investments):
 - A price is a daily close with up to 8 decimals; a quantity has up to 8 decimals.
 - A day without a close (weekend, holiday, missing data) is valued at the last earlier close
   (carried forward); days before an asset's first close have no value and no return.

@@ -12,7 +12,8 @@ SWEEP_TASK = "ledgerq.sweep_pending"
 
 
 def partition_for(account_id: UUID, partitions: int) -> int:
-    """The partition of an operation is fixed by its debited account.
+    """The partition of an operation is fixed by its `account_id` (the account debited, except
+    for deposits and redemptions, where it is the account credited).
 
     crc32 of the canonical UUID text: stable across processes, hosts and Python versions,
     unlike hash(), which is salted per process.

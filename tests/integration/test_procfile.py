@@ -44,7 +44,7 @@ def procfile_env(server_urls: tuple[str, str], tmp_path: Path) -> Iterator[dict[
         env.update(
             LEDGERQ_API_PORT=str(free_port()),
             LEDGERQ_FLOWER_PORT=str(free_port()),
-            # As the README advises before exposing Flower; it also opens Flower's JSON API.
+            # As docs/operating.md advises before exposing Flower; it also opens Flower's JSON API.
             FLOWER_BASIC_AUTH=":".join(FLOWER_LOGIN),
             # The Procfile names `ledgerq`: the project's console script, in this interpreter's bin.
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
