@@ -7,7 +7,7 @@ import asyncio
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker.store import queries
+from worker.store import queue
 
 log = structlog.get_logger(__name__)
 
@@ -28,7 +28,7 @@ class BacklogMonitor:
 
     async def refresh(self, engine: AsyncEngine) -> None:
         async with engine.connect() as conn:
-            self.counts = await queries.pending_counts(conn)
+            self.counts = await queue.pending_counts(conn)
 
     async def run(self, engine: AsyncEngine, interval: float = 1.0) -> None:
         while True:

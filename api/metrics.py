@@ -20,7 +20,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
 from litestar import Request, Response, get
 from prometheus_client import (
@@ -40,7 +39,7 @@ from api.state import Services, services_of
 from api.waiters import raise_if_cancelled
 from worker.leases import LEASE_TTL, REGISTRY_KEY, lease_key
 from worker.metrics import READ_RECENT, RECENT_PREFIX, RECENT_WINDOW, parse_recent
-from worker.store.tables import operations
+from worker.store import queue
 
 log = structlog.get_logger(__name__)
 
@@ -103,34 +102,10 @@ class QueueFacts:
     sources: dict[str, bool] = field(default_factory=dict)
 
 
-_PENDING = operations.c.status == "pending"
-_COUNTS = (
-    sa.select(operations.c.partition, sa.func.count().label("n"))
-    .where(_PENDING)
-    .group_by(operations.c.partition)
-    .subquery()
-)
-# Each partition's first pending operation in seq order, from the pending index: one row fetched
-# per partition, where min(created_at) fetched every pending row.
-_OLDEST = (
-    sa.select(operations.c.created_at)
-    .where(_PENDING, operations.c.partition == _COUNTS.c.partition)
-    .order_by(operations.c.seq)
-    .limit(1)
-    .lateral()
-)
-_PENDING_QUERY = sa.select(
-    _COUNTS.c.partition,
-    _COUNTS.c.n,
-    sa.func.extract("epoch", sa.func.clock_timestamp() - _OLDEST.c.created_at),
-).select_from(_COUNTS.join(_OLDEST, sa.true()))
-
-
 async def read_pending(services: Services) -> dict[int, tuple[int, float]]:
     """partition -> (pending operations, seconds the oldest has waited); reads the pending index."""
     async with services.reads.connect() as conn:
-        rows = (await conn.execute(_PENDING_QUERY)).all()
-    return {int(p): (int(n), max(0.0, float(a))) for p, n, a in rows}
+        return await queue.pending_by_partition(conn)
 
 
 async def read_workers(services: Services) -> tuple[int, dict[int, str | None]]:

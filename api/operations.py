@@ -54,8 +54,7 @@ def location(operation_id: UUID) -> str:
 
 async def read_operation(services: Services, operation_id: UUID, principal_id: UUID) -> Any:
     """The operation if `principal_id` submitted it (anyone else's reads as missing: None)."""
-    params = {"operation_id": operation_id, "principal_id": principal_id}
-    return await services.fast.one(queries.FAST_OPERATION_FOR_PRINCIPAL, params)
+    return await queries.fast_operation_for_principal(services.fast, operation_id, principal_id)
 
 
 async def wait_for_final(

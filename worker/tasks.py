@@ -24,7 +24,7 @@ from worker.routing import DRAIN_TASK, SWEEP_TASK
 from worker.settings import Settings, get_settings
 from worker.store.db import make_engine, read_budget
 from worker.store.pools import budget_warning, worker_pool
-from worker.sweeper import stale_partitions
+from worker.store.queue import stale_partitions
 
 log = structlog.get_logger(__name__)
 

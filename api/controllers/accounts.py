@@ -57,8 +57,8 @@ class AccountController(Controller):
         self, request: Request[Principal, Any, Any], account_id: UUID
     ) -> AccountOut:
         """One of your accounts: `balance` is applied money, `available_balance` also subtracts pending debits."""
-        row = await services_of(request.app).fast.one(
-            queries.FAST_ACCOUNT_FOR_OWNER, {"account_id": account_id, "owner_id": request.user.id}
+        row = await queries.fast_account_for_owner(
+            services_of(request.app).fast, account_id, request.user.id
         )
         if row is None:
             raise account_not_found()

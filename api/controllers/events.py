@@ -51,12 +51,12 @@ def looks(
     primary key however many operations are waited on and accounts followed."""
 
     async def final_operations(ids: list[str]) -> list[str]:
-        rows = await fast.all(queries.FAST_FINAL_OPERATIONS, {"ids": [UUID(i) for i in ids]})
-        return [str(r.id) for r in rows]
+        final = await queries.final_operation_ids(fast, [UUID(i) for i in ids])
+        return [str(i) for i in final]
 
     async def balances(ids: list[str]) -> dict[str, int]:
-        rows = await fast.all(queries.FAST_BALANCES, {"ids": [UUID(i) for i in ids]})
-        return {str(r.id): int(r.balance) for r in rows}
+        balances = await queries.balances_by_id(fast, [UUID(i) for i in ids])
+        return {str(i): balance for i, balance in balances.items()}
 
     return final_operations, balances
 
@@ -130,8 +130,7 @@ async def follow_operation(
 
 
 async def _read_account(services: Services, account_id: UUID, owner_id: UUID) -> Any:
-    params = {"account_id": account_id, "owner_id": owner_id}
-    return await services.fast.one(queries.FAST_ACCOUNT_FOR_OWNER, params)
+    return await queries.fast_account_for_owner(services.fast, account_id, owner_id)
 
 
 async def _updates(

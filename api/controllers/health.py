@@ -8,14 +8,14 @@ from typing import Any
 
 import anyio.to_thread
 import redis.asyncio
-import sqlalchemy as sa
 from kombu import Connection
 from litestar import Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 
 from api.schemas import Health
 from api.state import Services, services_of
-from worker.store.migrate import head_revision
+from worker.store.db import ping
+from worker.store.migrate import head_revision, schema_versions
 
 CHECK_TIMEOUT = 3.0
 # A passed check trusted this long before it is asked again (probes come every few seconds): the
@@ -40,21 +40,16 @@ class ReadinessChecks:
     # Single statements: the autocommit pool (the transactions pool is kept for transactions).
     async def postgres(self, services: Services) -> str:
         async with services.reads.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+            await ping(conn)
         return "ok"
 
     async def migrations(self, services: Services) -> str:
         head = await self.head()
         async with services.reads.connect() as conn:
-            try:
-                versions = (
-                    (await conn.execute(sa.text("SELECT version_num FROM alembic_version")))
-                    .scalars()
-                    .all()
-                )
-            except sa.exc.ProgrammingError:
-                return f"error: not migrated (head is {head})"
-        if list(versions) != [head]:
+            versions = await schema_versions(conn)
+        if versions is None:
+            return f"error: not migrated (head is {head})"
+        if versions != [head]:
             current = ",".join(versions) or "none"
             return f"error: database at {current}, code expects {head}"
         return "ok"

@@ -11,8 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from worker.store.queries import Record, new_id
-from worker.store.queries import _account_columns as account_columns
+from worker.store.queries import ACCOUNT_COLUMNS, USER_COLUMNS, Record, new_id
 from worker.store.tables import accounts, api_keys, deposit_limits, users
 
 # How stale last_used_at may get: a busy key writes it at most once per this interval.
@@ -138,15 +137,11 @@ async def revoke_api_key(conn: AsyncConnection, key_id: UUID, user_id: UUID | No
 
 
 async def user_by_id(conn: AsyncConnection, user_id: UUID) -> Record | None:
-    return (
-        await conn.execute(
-            sa.select(users.c.id, users.c.username, users.c.created_at).where(users.c.id == user_id)
-        )
-    ).one_or_none()
+    return (await conn.execute(sa.select(*USER_COLUMNS).where(users.c.id == user_id))).one_or_none()
 
 
 async def users_page(conn: AsyncConnection, after: UUID | None, limit: int) -> Sequence[Record]:
-    query = sa.select(users.c.id, users.c.username, users.c.created_at)
+    query = sa.select(*USER_COLUMNS)
     if after is not None:
         query = query.where(users.c.id > after)
     return (await conn.execute(query.order_by(users.c.id).limit(limit))).all()
@@ -156,7 +151,7 @@ async def accounts_page(
     conn: AsyncConnection, owner_id: UUID | None, after: UUID | None, limit: int
 ) -> Sequence[Record]:
     """Every account (system accounts included, with owner_id NULL), or one owner's, by id."""
-    query = sa.select(*account_columns)
+    query = sa.select(*ACCOUNT_COLUMNS)
     if owner_id is not None:
         query = query.where(accounts.c.owner_id == owner_id)
     if after is not None:

@@ -1,4 +1,21 @@
-"""Engines, and the one place database errors are classified (retryable, unavailable, or not)."""
+"""Engines, and the one place database errors are classified (retryable, unavailable, or not).
+
+The API reads PostgreSQL by two paths (worker/store/fast.py's docstring has the details):
+
+- SQLAlchemy, the engines made here: the default for all API code. `make_async_engine` builds the
+  API's two SQLAlchemy handles (api/state.py `lifespan_for`): `reads`, in autocommit, for
+  single statements (lists and pages, reports, API-key lookups, the queue gauges, the
+  readiness probe), and `engine`, transactional, for what must commit together (registration,
+  opening an account, cancel, price upserts, the admin's writes) and the backpressure count.
+  `make_engine` is the synchronous one the worker, the beat's sweep, the CLI and the bench use.
+- The fast psycopg path (worker/store/fast.py `FastStore`): only the API's hot requests, submit,
+  the balance read (`GET /accounts/{id}`) and operation reads (`GET /operations/{id}`,
+  `Prefer: wait`), plus the account directory and the followers' periodic look, where
+  SQLAlchemy's per-execution overhead was most of the request's database time.
+
+New code uses SQLAlchemy, through a function in worker/store/ that takes the connection; a
+statement moves to the fast path only for a hot request, and when measured.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +26,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from worker.store.pools import Budget
 
@@ -174,3 +191,11 @@ def read_budget(conn: sa.Connection, application_name: str, needed: int) -> Budg
 async def read_budget_async(conn: Any, application_name: str, needed: int) -> Budget:
     row = (await conn.execute(_BUDGET, {"mine": application_name})).one()
     return read_budget_row(row, needed)
+
+
+# ----------------------------------------------------------------- the readiness probe
+
+
+async def ping(conn: AsyncConnection) -> None:
+    """One trivial statement: the server answers (`GET /ready`'s postgres check)."""
+    await conn.execute(sa.text("SELECT 1"))

@@ -1,11 +1,38 @@
 """Hot-path execution: SQLAlchemy Core statements compiled once, run straight on psycopg connections.
 
-The statements are still written once, with SQLAlchemy, in worker/store/queries.py. What this
-skips is SQLAlchemy's per-execution machinery on the async path (greenlet hop, cache-key
+The two read paths (this module's docstring and worker/store/db.py's say the same):
+
+- The fast path, here (`FastStore`, a `Compiled` statement, `db.one` / `db.all`): the API's
+  hottest requests, those every client makes many times a second. Submit (the group commit's
+  INSERT, `insert_operations` / `insert_operations_limited`, and the read-back of existing keys,
+  `operations_by_keys`), the account directory and the asset currencies it checks against
+  (`accounts_by_ids`, `asset_currencies`), the balance read (`GET /accounts/{id}`,
+  `fast_account_for_owner`), the operation read and `Prefer: wait` (`GET /operations/{id}`,
+  `fast_operation_for_principal`), and the followers' periodic look (`final_operation_ids`,
+  `balances_by_id`). The functions live in worker/store/queries.py and take the `FastStore`.
+- The SQLAlchemy path (worker/store/db.py `make_async_engine`, `AsyncConnection`): everything else
+  the API runs: lists and pages (accounts, entries, operations, API keys, users, investments),
+  reports, registration and login, opening an account, cancel, price upserts, the admin's
+  reads and writes, the backpressure count and the queue gauges (worker/store/queue.py),
+  the readiness probe. Multi-statement transactions belong here (`services.engine.begin()`); single
+  statements use the autocommit `reads` engine.
+
+Why two: the statements are still written once, with SQLAlchemy, in worker/store/. What the fast
+path skips is SQLAlchemy's per-execution machinery on the async path (greenlet hop, cache-key
 generation, result processing), measured at about 380 us of the 490 us a simple read took
-through an AsyncConnection on this machine, against about 100 us straight on psycopg. Only the
-API's hottest requests use it (submit, read an account, read an operation); connections are in
-autocommit, so every statement stands alone.
+through an AsyncConnection on this machine, against about 100 us straight on psycopg. That
+matters only on requests whose own work is that small and that come that often; everywhere else
+SQLAlchemy's conveniences (statements built per call, transactions, typed results) cost nothing
+that shows. Connections here are in autocommit, so every statement stands alone (the limited
+deposits' transaction in `insert_operations_limited` is opened by hand on one connection).
+
+Choosing for new code: use the SQLAlchemy path (a function taking an `AsyncConnection` in
+worker/store/, called under `services.reads.connect()` or `services.engine.begin()`). Move a
+statement to the fast path only when it runs on a hot request and measurement shows SQLAlchemy's
+overhead: a fixed statement (one SQL text whatever the arguments, so it compiles once), written
+as a `Compiled` constant next to its SQLAlchemy twin and wrapped in a function taking the
+`FastStore`. The worker uses neither: a synchronous engine, its hot statements on the raw
+psycopg connection (worker/store/ledger.py `_run`).
 
 The connections live in a small pool of its own (`ConnectionPool`), not psycopg_pool's: that one
 connects in background workers with exponential backoff, so while PostgreSQL was down a request

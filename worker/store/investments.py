@@ -99,13 +99,14 @@ async def closes_for(
     ids = list(set(asset_ids))
     if not ids:
         return {}
+    columns = (prices.c.asset_id, prices.c.day, prices.c.close)
     last_before = (
-        sa.select(prices.c.asset_id, prices.c.day, prices.c.close)
+        sa.select(*columns)
         .where(prices.c.asset_id.in_(ids), prices.c.day < since)
         .distinct(prices.c.asset_id)
         .order_by(prices.c.asset_id, prices.c.day.desc())
     )
-    inside = sa.select(prices.c.asset_id, prices.c.day, prices.c.close).where(
+    inside = sa.select(*columns).where(
         prices.c.asset_id.in_(ids), prices.c.day >= since, prices.c.day <= until
     )
     result: dict[UUID, dict[dt.date, int]] = {i: {} for i in ids}

@@ -55,17 +55,22 @@ def _run(conn: Connection, statement: Compiled, params: Mapping[str, Any]) -> li
 # the commit of an applier it waited for; the row lock re-checks each row against its latest
 # version (READ COMMITTED), so an operation that applier finished is skipped, not applied again.
 # The row lock also makes a concurrent cancel wait for our commit and then see the final status.
+# What applying an operation reads of it (`_pending`), in both statements that claim operations.
+_PENDING_COLUMNS = (
+    "id, type, account_id, to_account_id, amount, currency, category, asset_id, quantity"
+)
+
 _LOCKED_PENDING_BATCH = Compiled(
     sa.text(
-        """
-        SELECT id, type, account_id, to_account_id, amount, currency, category, asset_id, quantity
+        f"""
+        SELECT {_PENDING_COLUMNS}
         FROM operations
         WHERE (SELECT pg_advisory_xact_lock(:namespace, :partition)) IS NOT NULL
           AND partition = :partition AND status = 'pending'
         ORDER BY seq
         LIMIT :limit
         FOR NO KEY UPDATE
-        """
+        """  # noqa: S608 (a constant column list, no input)
     )
 )
 
@@ -118,12 +123,11 @@ def lock_pending_batch(conn: Connection, partition: int, limit: int) -> list[Pen
 # UPDATE as in the batch: API inserts referencing the accounts (KEY SHARE) never wait on it.
 _CLAIM_OPERATION = Compiled(
     sa.text(
-        """
-        SELECT id, type, account_id, to_account_id, amount, currency, category, asset_id,
-               quantity, partition, status
+        f"""
+        SELECT {_PENDING_COLUMNS}, partition, status
         FROM operations WHERE id = :id
         FOR NO KEY UPDATE SKIP LOCKED
-        """
+        """  # noqa: S608 (a constant column list, no input)
     )
 )
 

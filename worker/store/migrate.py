@@ -9,6 +9,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, pool, text
+from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from worker.settings import normalize_database_url
 
@@ -48,6 +50,16 @@ def head_revision() -> str:
     if head is None:
         raise RuntimeError(f"no migration revisions in {MIGRATIONS_DIR}")
     return head
+
+
+async def schema_versions(conn: AsyncConnection) -> list[str] | None:
+    """The revisions in alembic_version (one, once migrated); None when the table is missing (the
+    database was never migrated). `GET /ready` compares them with `head_revision`."""
+    try:
+        result = await conn.execute(text("SELECT version_num FROM alembic_version"))
+    except ProgrammingError:
+        return None
+    return list(result.scalars().all())
 
 
 AUTOVACUUM_OFF = (

@@ -53,6 +53,9 @@ class UsernameTaken(Exception):
 
 # ---------------------------------------------------------------- users
 
+# What is shown of a user (never the password hash): registration, the admin's user reads.
+USER_COLUMNS = (users.c.id, users.c.username, users.c.created_at)
+
 
 async def create_user(conn: AsyncConnection, username: str, password_hash: str) -> Record:
     try:
@@ -60,7 +63,7 @@ async def create_user(conn: AsyncConnection, username: str, password_hash: str) 
             await conn.execute(
                 insert(users)
                 .values(id=new_id(), username=username, password_hash=password_hash)
-                .returning(users.c.id, users.c.username, users.c.created_at)
+                .returning(*USER_COLUMNS)
             )
         ).one()
     except IntegrityError as exc:
@@ -92,7 +95,7 @@ _pending_debits = (
     .scalar_subquery()
 )
 
-_account_columns = (
+ACCOUNT_COLUMNS = (
     accounts.c.id,
     accounts.c.owner_id,
     accounts.c.name,
@@ -120,10 +123,15 @@ async def create_account(
     return row
 
 
-ACCOUNT_FOR_OWNER = sa.select(*_account_columns).where(
+ACCOUNT_FOR_OWNER = sa.select(*ACCOUNT_COLUMNS).where(
     accounts.c.id == sa.bindparam("account_id"), accounts.c.owner_id == sa.bindparam("owner_id")
 )
 FAST_ACCOUNT_FOR_OWNER = Compiled(ACCOUNT_FOR_OWNER)
+
+
+async def fast_account_for_owner(db: FastStore, account_id: UUID, owner_id: UUID) -> Record | None:
+    """`account_for_owner` on the fast path (`GET /accounts/{id}`, the WebSocket's re-reads)."""
+    return await db.one(FAST_ACCOUNT_FOR_OWNER, {"account_id": account_id, "owner_id": owner_id})
 
 
 async def account_for_owner(
@@ -137,7 +145,7 @@ async def account_for_owner(
 async def accounts_for_owner(
     conn: AsyncConnection, owner_id: UUID, after: UUID | None, limit: int
 ) -> Sequence[Record]:
-    query = sa.select(*_account_columns).where(accounts.c.owner_id == owner_id)
+    query = sa.select(*ACCOUNT_COLUMNS).where(accounts.c.owner_id == owner_id)
     if after is not None:
         query = query.where(accounts.c.id > after)
     return (await conn.execute(query.order_by(accounts.c.id).limit(limit))).all()
@@ -195,7 +203,7 @@ async def entries_for_operations(
 
 # ---------------------------------------------------------------- operations
 
-_operation_columns = (
+OPERATION_COLUMNS = (
     operations.c.id,
     operations.c.seq,
     operations.c.principal_id,
@@ -284,11 +292,11 @@ _INSERT_OPERATIONS = Compiled(
         list(_NEW_OPERATION_COLUMNS), sa.select(*(_new_rows.c[n] for n in _NEW_OPERATION_COLUMNS))
     )
     .on_conflict_do_nothing(index_elements=["principal_id", "idempotency_key"])
-    .returning(*_operation_columns, operations.c.idempotency_key)
+    .returning(*OPERATION_COLUMNS, operations.c.idempotency_key)
 )
 _wanted_keys = _unnest(("principal_id", "idempotency_key"))
 _OPERATIONS_BY_KEYS = Compiled(
-    sa.select(*_operation_columns, operations.c.idempotency_key).where(
+    sa.select(*OPERATION_COLUMNS, operations.c.idempotency_key).where(
         sa.tuple_(operations.c.principal_id, operations.c.idempotency_key).in_(
             sa.select(_wanted_keys.c.principal_id, _wanted_keys.c.idempotency_key)
         )
@@ -629,19 +637,7 @@ async def asset_currencies(db: FastStore, asset_ids: Iterable[UUID]) -> dict[UUI
     return {r.id: r.currency for r in rows}
 
 
-async def pending_counts(conn: AsyncConnection) -> dict[int, int]:
-    """Pending operations per partition (reads only the partial pending index)."""
-    rows = (
-        await conn.execute(
-            sa.select(operations.c.partition, sa.func.count())
-            .where(operations.c.status == "pending")
-            .group_by(operations.c.partition)
-        )
-    ).all()
-    return {r[0]: r[1] for r in rows}
-
-
-OPERATION_FOR_PRINCIPAL = sa.select(*_operation_columns).where(
+OPERATION_FOR_PRINCIPAL = sa.select(*OPERATION_COLUMNS).where(
     operations.c.id == sa.bindparam("operation_id"),
     operations.c.principal_id == sa.bindparam("principal_id"),
 )
@@ -660,6 +656,25 @@ FAST_BALANCES = Compiled(
 )
 
 
+async def fast_operation_for_principal(
+    db: FastStore, operation_id: UUID, principal_id: UUID
+) -> Record | None:
+    """`operation_for_principal` on the fast path (`GET /operations/{id}`, `Prefer: wait`)."""
+    params = {"operation_id": operation_id, "principal_id": principal_id}
+    return await db.one(FAST_OPERATION_FOR_PRINCIPAL, params)
+
+
+async def final_operation_ids(db: FastStore, operation_ids: Sequence[UUID]) -> list[UUID]:
+    """Which of these operations are no longer pending (the followers' periodic look)."""
+    return [r.id for r in await db.all(FAST_FINAL_OPERATIONS, {"ids": list(operation_ids)})]
+
+
+async def balances_by_id(db: FastStore, account_ids: Sequence[UUID]) -> dict[UUID, int]:
+    """Each account's applied balance (the followers' periodic look)."""
+    rows = await db.all(FAST_BALANCES, {"ids": list(account_ids)})
+    return {r.id: int(r.balance) for r in rows}
+
+
 async def operation_for_principal(
     conn: AsyncConnection, operation_id: UUID, principal_id: UUID
 ) -> Record | None:
@@ -676,7 +691,7 @@ async def operations_for_principal(
     status: str | None = None,
 ) -> Sequence[Record]:
     """Newest first (by seq), keyset pages."""
-    query = sa.select(*_operation_columns).where(operations.c.principal_id == principal_id)
+    query = sa.select(*OPERATION_COLUMNS).where(operations.c.principal_id == principal_id)
     if before_seq is not None:
         query = query.where(operations.c.seq < before_seq)
     if account_id is not None:
@@ -709,6 +724,6 @@ async def cancel_operation(
             operations.update()
             .where(operations.c.id == operation_id)
             .values(status="cancelled", updated_at=sa.func.clock_timestamp())
-            .returning(*_operation_columns)
+            .returning(*OPERATION_COLUMNS)
         )
     ).one()
