@@ -39,9 +39,9 @@ from api.ratelimit import (
     rate_limit_config,
     rate_limit_store,
 )
+from api.settings import Settings, get_settings
 from api.state import channels_plugin, lifespan_for
 from worker.logging_setup import configure_logging
-from worker.settings import Settings, get_settings
 
 SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
     "basic": SecurityScheme(type="http", scheme="basic", description="Username and password."),

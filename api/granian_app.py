@@ -108,7 +108,7 @@ def create_app() -> RequestEdge | ProxyHeadersMiddleware:
     asyncio.get_event_loop().call_soon(raise_held)
 
     from api.app import create_app as create_edge
-    from worker.settings import get_settings
+    from api.settings import get_settings
 
     return behind_proxies(create_edge(), get_settings().trusted_proxies)
 

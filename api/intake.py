@@ -23,6 +23,7 @@ import structlog
 from api.auth import current_principal
 from api.errors import ApiError, from_domain_error
 from api.schemas import OperationRequest
+from api.settings import Settings
 from api.state import Services
 from domain.errors import DomainError
 from domain.idempotency import request_fingerprint
@@ -31,7 +32,6 @@ from domain.model import CUSTOMER_KINDS
 from domain.money import check_amount_token, format_amount, parse_amount
 from domain.returns import parse_scaled
 from worker.routing import partition_for
-from worker.settings import Settings
 from worker.store import queries
 from worker.store.queries import NewOperation, OperationKey, Record, Stored
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from litestar import Request
     from litestar.types import Message, Receive, Scope, Send
 
-    from worker.settings import Settings
+    from api.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -21,9 +21,9 @@ from api.directory import AccountDirectory
 from api.groupcommit import Grouped, group_commit
 from api.ratelimit import LoginThrottle, login_throttle
 from api.ringer import Ringer
+from api.settings import Settings
 from api.waiters import CompletionWaiters
 from worker.events import CAPTADO_CHANNEL, OPERATIONS_CHANNEL, channel
-from worker.settings import Settings
 from worker.store import queries
 from worker.store.db import make_async_engine, read_budget_async
 from worker.store.fast import FastStore, first_line

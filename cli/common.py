@@ -9,13 +9,8 @@ from collections.abc import Iterator
 
 from rich.console import Console
 
-from worker.settings import (
-    Settings,
-    SettingsError,
-    get_settings,
-    mask_url,
-    normalize_database_url,
-)
+from api.settings import Settings, get_settings
+from worker.settings import SettingsError, mask_url, normalize_database_url
 
 console = Console(highlight=False)
 errors = Console(highlight=False, stderr=True)

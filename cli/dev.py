@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING
 
+from api.settings import Settings
 from cli.common import (
     check_port_free,
     console,
@@ -30,7 +31,7 @@ from cli.common import (
     url_host,
 )
 from cli.common import settings as current_settings
-from worker.settings import Settings, SettingsError
+from worker.settings import SettingsError
 
 if TYPE_CHECKING:
     from devserver import EmbeddedServer

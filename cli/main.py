@@ -13,6 +13,7 @@ from typing import NoReturn
 from rich.table import Table
 
 import api
+from api.settings import VARIABLES, Settings
 from bench import add_parser as add_bench_parser
 from cli.common import (
     check_port_free,
@@ -24,13 +25,7 @@ from cli.common import (
 from cli.common import settings as current_settings
 from cli.dev import cmd_dev, follow_supervisor
 from worker.routing import CONTROL_QUEUE, queue_for_partition
-from worker.settings import (
-    VARIABLES,
-    Settings,
-    SettingsError,
-    mask_url,
-    parse_worker_partitions,
-)
+from worker.settings import SettingsError, mask_url, parse_worker_partitions
 
 
 def _exec(argv: list[str]) -> NoReturn:

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.settings import VARIABLES, Settings
 from cli.main import api_command, beat_command, worker_command
 from devserver import free_port
 from tests.integration.isolated import descendants, fresh_database, processes
-from worker.settings import VARIABLES, Settings
 from worker.store import migrate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,10 +21,10 @@ from api import intake
 from api.app import create_litestar
 from api.errors import ApiError
 from api.schemas import OperationRequest
+from api.settings import get_settings
 from api.state import Services, services_of
 from tests.integration.support import LedgerClient, key, wait_terminal
 from worker.doorbell import bell_key
-from worker.settings import get_settings
 from worker.store.queries import NewOperation
 from worker.store.tables import operations
 

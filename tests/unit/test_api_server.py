@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from api.granian_app import behind_proxies
+from api.settings import API_SERVERS, VARIABLES, Settings
 from cli.main import GRANIAN_LOG_CONFIG, api_command
-from worker.settings import API_SERVERS, VARIABLES, Settings, SettingsError
+from worker.settings import SettingsError
 
 BASE = {
     "LEDGERQ_DATABASE_URL": "postgresql://postgres@127.0.0.1/ledgerq",

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.settings import Settings, SettingsError
+from api.settings import Settings
+from worker.settings import SettingsError
 from worker.store.pools import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_SUPERUSER_RESERVED,

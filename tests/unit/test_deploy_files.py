@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from api.settings import VARIABLES
 from cli.main import build_parser, flower_command, worker_command
-from worker.settings import VARIABLES, Settings, get_settings
+from worker.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = {"migrate", "api", "worker", "beat", "flower"}

@@ -27,7 +27,7 @@ SNAPSHOT = Path(__file__).with_name("openapi.snapshot.json")
 _BUILD = """
 import json, sys
 from api.app import create_litestar
-from worker.settings import Settings
+from api.settings import Settings
 app = create_litestar(Settings.from_env())
 json.dump(app.openapi_schema.to_schema(), sys.stdout)
 """
