@@ -16,8 +16,48 @@ from typing import TextIO
 import structlog
 from structlog.typing import Processor
 
+from worker.routing import SWEEP_TASK
+
 # Loggers that are chatty at INFO and say nothing an operator needs at that level.
 _QUIET = {"kombu": logging.WARNING, "amqp": logging.WARNING, "urllib3": logging.WARNING}
+
+
+# Celery's loggers of the three lines each sweep writes at INFO (every LEDGERQ_SWEEP_INTERVAL
+# seconds): beat sending the task, a worker receiving it, and its success with the return value.
+_SWEEP_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+
+def _routine_sweep(record: logging.LogRecord) -> bool:
+    """A line of a sweep that found nothing: beat's "Sending due task", the worker's "received",
+    and "succeeded" with an empty list (the partitions rung). A sweep that rang partitions keeps
+    its "succeeded" line (and sweeper_rang) at INFO; failures are not INFO lines at all."""
+    if record.levelno != logging.INFO:
+        return False
+    if record.name == "celery.beat":
+        args = record.args
+        return (
+            isinstance(args, tuple)
+            and len(args) == 2
+            and args[1] == SWEEP_TASK
+            and str(record.msg).startswith("Scheduler: Sending due task")
+        )
+    data = getattr(record, "data", None)
+    if not isinstance(data, dict) or data.get("name") != SWEEP_TASK:
+        return False
+    if record.name == "celery.worker.strategy":
+        return True
+    return record.name == "celery.app.trace" and data.get("return_value") == "[]"
+
+
+class RoutineSweepFilter(logging.Filter):
+    """Logs routine sweeps at DEBUG: otherwise beat and the worker write three INFO lines every
+    two seconds and `ledgerq dev` shows little else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _routine_sweep(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 def _renderer(log_format: str, stream: TextIO) -> Processor:
@@ -83,6 +123,10 @@ def configure_logging(log_format: str, log_level: str, stream: TextIO | None = N
     root.setLevel(level)
     for name, quiet in _QUIET.items():
         logging.getLogger(name).setLevel(max(quiet, level))
+    for name in _SWEEP_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RoutineSweepFilter) for f in logger.filters):
+            logger.addFilter(RoutineSweepFilter())
     # uvicorn and granian configure their own handlers before the app exists; send their lines to
     # ours. (Their access logs stay as they were told: `ledgerq api` turns them off, requests log
     # themselves.)
