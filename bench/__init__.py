@@ -66,7 +66,7 @@ def _count(raw: str) -> int:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `bench` on the `ledgerq` subcommand parser."""
-    bench = subparsers.add_parser(
+    bench: argparse.ArgumentParser = subparsers.add_parser(
         "bench",
         help="load-test a running ledgerq, then verify the ledger (spread, hot, transfers, read, drain)",
         description="Generate load against a running ledgerq, measure submit and apply rates and "
