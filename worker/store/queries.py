@@ -483,9 +483,9 @@ async def insert_operations_limited(
     Without a limited deposit this is insert_operations (one statement). With one: the
     subjects' limit rows are locked, the operations inserted, the new deposits judged request by
     request (domain.limits.judge; replays count nothing), the windows written and what refused
-    requests created deleted, in one transaction of three round trips (BEGIN and the locks;
-    the INSERT; the writes and COMMIT), a fourth when a key was stored before. A request that shared a key with a refused one lost its row with it:
-    it is refused too, with the same reason.
+    requests created deleted, in one transaction of two round trips (BEGIN, the INSERT, the
+    rows of every key, the locks; the writes and COMMIT). A request that shared a key with a
+    refused one lost its row with it: it is refused too, with the same reason.
     """
     news = [new for request in requests for new in request]
     if not any(new.limited for new in news):
@@ -504,15 +504,25 @@ async def insert_operations_limited(
         "kinds": [subject.kind for subject, _ in ordered],
     }
     async with db.pool.connection() as conn:
-        # Client-side binding lets one round trip carry several statements, BEGIN included (the
-        # small ones here); the operations' INSERT keeps server-side binding, cheaper for large
-        # groups. psycopg's pipeline mode cost twice the CPU of either.
+        # Client-side binding lets one round trip carry several statements, BEGIN included.
+        # The limit rows are locked last in the first round trip, after the operations are
+        # inserted and read back: a group holds its subjects' rows (which every group of the same
+        # user, in any API process, waits for) only while it judges and for the second round
+        # trip, not across a third. psycopg's pipeline mode cost twice the CPU.
         cursor = AsyncClientCursor(conn)
         try:
-            opening: list[tuple[Compiled, Mapping[str, Any]]] = [(_BEGIN, {})]
+            op_keys = list(first)
+            opening: list[tuple[Compiled, Mapping[str, Any]]] = [
+                (_BEGIN, {}),
+                (_INSERT_OPERATIONS, _insert_params(list(first.values()))),
+                # Every key's row, created now or stored before (the same arrays as the INSERT).
+                (_OPERATIONS_BY_KEYS, _keys_params(op_keys)),
+            ]
             if not all(pair in _known_limit_rows for pair in ordered):
                 opening.append((_CREATE_LIMIT_ROWS, subjects))
-            [limit_rows] = await _run_many(cursor, [*opening, (_LOCK_LIMIT_ROWS, subjects)])
+            [_, existing, limit_rows] = await _run_many(
+                cursor, [*opening, (_LOCK_LIMIT_ROWS, subjects)]
+            )
             if len(limit_rows) < len(ordered):
                 # A row this process took for created is missing (its database was replaced):
                 # create what is missing, in this transaction, and lock again.
@@ -520,21 +530,7 @@ async def insert_operations_limited(
                 [limit_rows] = await _run_many(
                     cursor, [(_CREATE_LIMIT_ROWS, subjects), (_LOCK_LIMIT_ROWS, subjects)]
                 )
-            created = await (
-                await conn.execute(
-                    _INSERT_OPERATIONS.sql,
-                    _INSERT_OPERATIONS.bind(_insert_params(list(first.values()))),
-                )
-            ).fetchall()
-            stored = _by_key(created)
-            missing = [key for key in first if key not in stored]
-            if missing:
-                existing = await (
-                    await conn.execute(
-                        _OPERATIONS_BY_KEYS.sql, _OPERATIONS_BY_KEYS.bind(_keys_params(missing))
-                    )
-                ).fetchall()
-                stored.update(_by_key(existing))
+            stored = _by_key(existing)
             windows: dict[Key, Window] = {}
             limits: dict[Key, Limits] = {}
             for row in limit_rows:
