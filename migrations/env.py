@@ -20,9 +20,7 @@ def _database_url() -> str:
 
     url = os.environ.get("LEDGERQ_DATABASE_URL")
     if not url:
-        raise SettingsError(
-            "LEDGERQ_DATABASE_URL is not set (see docs/configuration.md)"
-        )
+        raise SettingsError("LEDGERQ_DATABASE_URL is not set (see docs/configuration.md)")
     return normalize_database_url(url)
 
 
