@@ -4,7 +4,7 @@ shared ones (worker/settings.py) from LEDGERQ_* environment variables.
 `Settings` here extends worker/settings.py `Settings`: an API process has the shared fields
 (database, Redis, partitions, pool size, logging, ...) and these. Each variable is defined once:
 the shared and worker ones in worker/settings.py `VARIABLES`, the API's in `API_VARIABLES` below;
-`VARIABLES` here is both, the complete list `ledgerq config` prints and the README documents.
+`VARIABLES` here is both, the complete list `ledgerq config` prints and docs/configuration.md documents.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ class Settings(shared.Settings):
         if self.secret_key is None:
             raise SettingsError(
                 "LEDGERQ_SECRET_KEY is not set: the API signs bearer tokens with it and every API "
-                "process needs the same one (see the configuration table in README.md)"
+                "process needs the same one (see docs/configuration.md)"
             )
         return self.secret_key
 

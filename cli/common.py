@@ -26,9 +26,7 @@ def database_url() -> str:
     # Migrations need only the database, so do not demand the other variables here.
     url = os.environ.get("LEDGERQ_DATABASE_URL")
     if not url:
-        raise SettingsError(
-            "LEDGERQ_DATABASE_URL is not set (see the configuration table in README.md)"
-        )
+        raise SettingsError("LEDGERQ_DATABASE_URL is not set (see docs/configuration.md)")
     return normalize_database_url(url)
 
 

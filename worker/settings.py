@@ -5,7 +5,7 @@ partitions, batch size, the sweep, pool size, logging, ...). What only the API r
 address and server, signing key and token lifetime, rate and login limits, trusted proxies,
 backpressure, waits and follows, /metrics) is in api/settings.py, whose `Settings` extends this
 one and is built the same way; every variable is defined once, in one of the two `VARIABLES`
-lists (api/settings.py `VARIABLES` is the complete one, for `ledgerq config` and the README). The
+lists (api/settings.py `VARIABLES` is the complete one, for `ledgerq config` and docs/configuration.md). The
 worker never imports api/.
 """
 
@@ -25,7 +25,7 @@ class SettingsError(RuntimeError):
 
 @dataclass(frozen=True)
 class Var:
-    """One documented variable: its name, default and meaning (the README table is built from these)."""
+    """One documented variable: its name, default and meaning (docs/configuration.md lists every one)."""
 
     name: str
     default: str | None
@@ -179,7 +179,7 @@ class Env:
     def get(self, name: str) -> str:
         value = self.env.get(name) or self.defaults[name]
         if value is None:
-            raise SettingsError(f"{name} is not set (see the configuration table in README.md)")
+            raise SettingsError(f"{name} is not set (see docs/configuration.md)")
         return value
 
     def raw(self, name: str, default: str = "") -> str:

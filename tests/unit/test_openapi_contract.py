@@ -7,7 +7,7 @@ app's logging setup does not leak into this test process).
 
 The whole document is compared with `tests/unit/openapi.snapshot.json`: every path, operation,
 parameter, request body and response schema, and the components. A change that is meant must
-update the snapshot in the same commit and say why in README's changelog; regenerate it with
+update the snapshot in the same commit and say why in CHANGELOG.md; regenerate it with
 
     uv run python -m tests.unit.test_openapi_contract
 """
