@@ -11,8 +11,8 @@ group committed. Under load a commit (one WAL flush, one round trip) is shared b
 that arrived during the previous one; idle, a submit costs what a lone INSERT costs.
 
 Deposit limits are checked here, once per group, not per request: a group holding deposits of
-limited principals locks their limit rows, stores its operations, judges each request's new
-deposits against the rolling windows and writes them back, in one transaction (two round trips
+limited principals stores its operations, locks their limit rows, judges each request's new
+deposits against the rolling windows and writes them back, in one transaction (one round trip
 more than a group without deposits; worker/store/queries.py insert_operations_limited). A request
 over a limit is refused whole, nothing of it stored; the other requests of its group go on.
 """
