@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
 import structlog
 from litestar import Litestar
 from litestar.channels import ChannelsPlugin
 from litestar.channels.backends.redis import RedisChannelsPubSubBackend
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.backlog import BacklogMonitor
@@ -65,9 +66,33 @@ def services_of(app: Litestar) -> Services:
     return services
 
 
+# Seconds between attempts to get the completion-event subscription back after Redis failed.
+RESUBSCRIBE_DELAY = 0.5
+
+
+class ResubscribingBackend(RedisChannelsPubSubBackend):
+    """Litestar's Redis pub/sub backend, whose event stream survives Redis failing.
+
+    The plugin reads events in one task that ends for good when the stream raises: after a Redis
+    restart no completion event reached this process again (followers then learned final states
+    only from the periodic look at PostgreSQL). Here a connection error is logged and the stream
+    goes on: redis-py reconnects the subscription on the next read and subscribes again to its
+    channels. Events published meanwhile are lost; the followers' periodic look covers them.
+    """
+
+    async def stream_events(self) -> AsyncGenerator[tuple[str, Any], None]:
+        while True:
+            try:
+                async for event in super().stream_events():
+                    yield event
+            except (RedisError, OSError) as exc:
+                log.warning("completion_events_interrupted", error=str(exc))
+                await asyncio.sleep(RESUBSCRIBE_DELAY)
+
+
 def channels_plugin(redis_client: redis.asyncio.Redis) -> ChannelsPlugin:
     return ChannelsPlugin(
-        backend=RedisChannelsPubSubBackend(redis=redis_client),
+        backend=ResubscribingBackend(redis=redis_client),
         channels=[
             channel(OPERATIONS_CHANNEL, redis_client),
             channel(CAPTADO_CHANNEL, redis_client),
