@@ -51,6 +51,7 @@ from domain.investments import ClientTotals
 from domain.limits import USER, Limits, Window, standing
 from domain.money import format_amount
 from domain.returns import Portfolio, Trade, captado, format_scaled
+from worker.apply_loop import Completion
 from worker.store.queries import window_of
 
 # ---------------------------------------------------------------- users and keys
@@ -424,3 +425,15 @@ def _money(minor: int | None, currency: str) -> str | None:
 
 def _ratio(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
+
+
+def cancelled_completion(row: Any) -> Completion:
+    """The completion event of an operation the API cancelled (the worker publishes the others)."""
+    return Completion(
+        id=str(row.id),
+        status=row.status,
+        error_code=row.error_code,
+        account_id=str(row.account_id),
+        to_account_id=str(row.to_account_id) if row.to_account_id is not None else None,
+        type=row.type,
+    )

@@ -58,6 +58,18 @@ def publish_completions(client: redis.Redis, completions: Sequence[Completion]) 
         log.warning("completion_publish_failed", error=str(exc), count=len(completions))
 
 
+async def publish_completions_async(
+    client: redis.asyncio.Redis, completions: Sequence[Completion]
+) -> None:
+    """publish_completions for the API (a cancel is final without the worker): best effort."""
+    if not completions:
+        return
+    try:
+        await client.publish(channel(OPERATIONS_CHANNEL, client), encode_completions(completions))
+    except redis.RedisError as exc:
+        log.warning("completion_publish_failed", error=str(exc), count=len(completions))
+
+
 def invalidate_captado(client: redis.Redis, now: dt.datetime) -> None:
     """Drop the cached captado of the month and tell WebSocket followers to recompute it."""
     for year, month in months_touched(now):

@@ -21,9 +21,10 @@ from api.operations import (
 )
 from api.pagination import Cursor, Keyset, Limit, page
 from api.prefer import parse_prefer_wait
-from api.presenters import operation_out
+from api.presenters import cancelled_completion, operation_out
 from api.schemas import BatchRequest, BatchResponse, OperationOut, OperationPage, OperationRequest
 from api.state import services_of
+from worker.events import publish_completions_async
 from worker.store import queries
 
 log = structlog.get_logger(__name__)
@@ -124,4 +125,6 @@ class OperationController(Controller):
                     409, "operation_not_pending", f"The operation is already {current.status}."
                 )
         log.info("operation_cancelled", operation_id=str(operation_id))
+        # Followers (Prefer: wait, SSE, WebSockets) learn it now, as from an applied batch.
+        await publish_completions_async(services.redis, [cancelled_completion(row)])
         return operation_out(row)

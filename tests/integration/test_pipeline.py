@@ -178,6 +178,38 @@ async def test_cancel_pending_then_conflict(alice: LedgerClient, engine: Engine)
     assert r.status_code == 409
 
 
+async def test_a_cancel_is_published_to_followers(alice: LedgerClient, engine: Engine) -> None:
+    """Followers hear of a cancel as of any final state (not only from the periodic look)."""
+    import json
+
+    import redis.asyncio
+
+    from tests.integration.support import insert_pending
+    from worker.events import OPERATIONS_CHANNEL, channel
+    from worker.settings import get_settings
+
+    client = redis.asyncio.Redis.from_url(get_settings().redis_url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(channel(OPERATIONS_CHANNEL, client))
+    try:
+        account = await alice.create_account()
+        [op] = insert_pending(engine, alice.user_id, account, [500])
+        r = await alice.request("DELETE", f"/api/v1/operations/{op}")
+        assert r.status_code == 200, r.text
+        heard: list[dict[str, str]] = []
+        for _ in range(50):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            if message is not None:
+                heard += json.loads(message["data"])
+            if any(event["id"] == str(op) for event in heard):
+                break
+        [event] = [e for e in heard if e["id"] == str(op)]
+        assert (event["status"], event["account_id"]) == ("cancelled", account)
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
 async def test_list_operations_filters_and_pages(alice: LedgerClient) -> None:
     a = await alice.create_account()
     b = await alice.create_account()
