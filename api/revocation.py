@@ -35,10 +35,15 @@ import redis.asyncio
 import structlog
 from redis.exceptions import RedisError
 
+from worker.events import channel
+
 log = structlog.get_logger(__name__)
 
 REVOKED_KEY = "ledgerq:revoked-tokens"
-CHANNEL = "ledgerq:token-revocations"
+# The pub/sub channel, named per Redis database (worker.events.channel): pub/sub is global to a
+# Redis server, and deployments sharing one server on other databases must not hear (and wait
+# for the acknowledgements of) each other's revocations.
+CHANNEL = "token-revocations"
 ACK_PREFIX = "ledgerq:token-revocations:ack:"
 # How long a revocation waits for every listening process to acknowledge it.
 ACK_TIMEOUT = 5.0
@@ -59,6 +64,7 @@ class TokenDenylist:
         self.client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
             redis_url, socket_keepalive=True, socket_connect_timeout=5
         )
+        self.channel = channel(CHANNEL, self.client)
         self.revoked: dict[str, float] = {}  # token id -> expiry (seconds since the epoch)
         # True while subscribed and loaded: memory then holds every revocation.
         self.ready = False
@@ -118,7 +124,7 @@ class TokenDenylist:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.zadd(REVOKED_KEY, {token_id: expires})
             pipe.zremrangebyscore(REVOKED_KEY, "-inf", now)
-            pipe.publish(CHANNEL, message)
+            pipe.publish(self.channel, message)
             results = await pipe.execute()
         listening = int(results[-1])
         confirmed = 0
@@ -169,7 +175,7 @@ class TokenDenylist:
     async def _listen(self) -> None:
         pubsub = self.client.pubsub()
         try:
-            await pubsub.subscribe(CHANNEL)
+            await pubsub.subscribe(self.channel)
             # Load only once subscribed: a revocation is then either in the set already or on
             # its way to this subscription, never in neither.
             while True:

@@ -219,3 +219,31 @@ async def test_a_redis_outage_leaves_bearer_tokens_to_the_memory_of_a_synced_pro
         await never.is_revoked(other_id)
     await synced.client.aclose()
     await never.client.aclose()
+
+
+async def test_revocations_stay_within_their_redis_database(redis_url: str) -> None:
+    """Two deployments sharing one Redis server on other databases neither hear each other's
+    revocations nor wait for each other's acknowledgements."""
+    import asyncio
+
+    from api.revocation import TokenDenylist
+
+    base, _, db = redis_url.rpartition("/")
+    other_url = f"{base}/{(int(db or 0) + 1) % 16}"
+    ours, theirs = TokenDenylist(redis_url), TokenDenylist(other_url)
+    for denylist in (ours, theirs):
+        assert denylist.known("warm-up") is None  # starts listening
+    for _ in range(100):
+        if ours.ready and theirs.ready:
+            break
+        await asyncio.sleep(0.05)
+    assert ours.ready and theirs.ready
+    token_id = f"scoped-{time.time_ns()}"
+    confirmed, listening = await ours.revoke(token_id, time.time() + 60)
+    assert confirmed == listening >= 1
+    await asyncio.sleep(0.5)
+    assert theirs.known(token_id) is False
+    for denylist in (ours, theirs):
+        assert denylist._task is not None
+        denylist._task.cancel()
+        await asyncio.gather(denylist._task, return_exceptions=True)
