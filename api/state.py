@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import redis.asyncio
 import structlog
@@ -64,6 +65,25 @@ class Services:
 def services_of(app: Litestar) -> Services:
     services: Services = app.state.services
     return services
+
+
+def looks(
+    fast: FastStore,
+) -> tuple[
+    Callable[[list[str]], Awaitable[list[str]]], Callable[[list[str]], Awaitable[dict[str, int]]]
+]:
+    """The registry's two looks at PostgreSQL (api/waiters.py `watch`), one statement each by
+    primary key however many operations are waited on and accounts followed."""
+
+    async def final_operations(ids: list[str]) -> list[str]:
+        final = await queries.final_operation_ids(fast, [UUID(i) for i in ids])
+        return [str(i) for i in final]
+
+    async def balances(ids: list[str]) -> dict[str, int]:
+        balances = await queries.balances_by_id(fast, [UUID(i) for i in ids])
+        return {str(i): balance for i, balance in balances.items()}
+
+    return final_operations, balances
 
 
 # Seconds between attempts to get the completion-event subscription back after Redis failed.
@@ -172,7 +192,6 @@ def lifespan_for(
         await check_connection_budget(engine, settings)
         # Imported here: the Celery app reads LEDGERQ_* when it is first imported; api.metrics
         # imports this module.
-        from api.controllers.events import looks
         from api.metrics import QueueGauges
         from worker.tasks import ring_many
 

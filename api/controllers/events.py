@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
@@ -31,7 +31,7 @@ from api.waiters import REREAD
 from domain.model import TERMINAL_STATUSES
 from worker.store import queries
 from worker.store.db import is_unavailable
-from worker.store.fast import FastStore, first_line
+from worker.store.fast import first_line
 
 log = structlog.get_logger(__name__)
 
@@ -40,25 +40,6 @@ KEEPALIVE_SECONDS = 15.0
 
 
 # ----------------------------------------------------------------- the periodic look
-
-
-def looks(
-    fast: FastStore,
-) -> tuple[
-    Callable[[list[str]], Awaitable[list[str]]], Callable[[list[str]], Awaitable[dict[str, int]]]
-]:
-    """The registry's two looks at PostgreSQL (api/waiters.py `watch`), one statement each by
-    primary key however many operations are waited on and accounts followed."""
-
-    async def final_operations(ids: list[str]) -> list[str]:
-        final = await queries.final_operation_ids(fast, [UUID(i) for i in ids])
-        return [str(i) for i in final]
-
-    async def balances(ids: list[str]) -> dict[str, int]:
-        balances = await queries.balances_by_id(fast, [UUID(i) for i in ids])
-        return {str(i): balance for i, balance in balances.items()}
-
-    return final_operations, balances
 
 
 # ----------------------------------------------------------------- an operation, as SSE
