@@ -13,6 +13,8 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+import msgspec
+
 from api.errors import ApiError
 from api.schemas import (
     AccountOut,
@@ -78,19 +80,7 @@ def api_key_out(row: Any) -> ApiKeyOut:
 
 def api_key_created(row: Any, secret: str) -> ApiKeyCreated:
     """The new key with its secret (shown in this answer only)."""
-    return ApiKeyCreated(
-        id=row.id,
-        user_id=row.user_id,
-        name=row.name,
-        prefix=row.prefix,
-        scopes=list(row.scopes),
-        rate_limit=row.rate_limit,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-        expires_at=row.expires_at,
-        expired=row.expired,
-        secret=secret,
-    )
+    return ApiKeyCreated(**msgspec.structs.asdict(api_key_out(row)), secret=secret)
 
 
 # ---------------------------------------------------------------- accounts and entries

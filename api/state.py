@@ -29,7 +29,7 @@ from worker.events import CAPTADO_CHANNEL, OPERATIONS_CHANNEL, channel
 from worker.store import queries
 from worker.store.db import make_async_engine, read_budget_async
 from worker.store.fast import FastStore, first_line
-from worker.store.pools import api_pools, budget_warning
+from worker.store.pools import api_pools, log_budget
 
 if TYPE_CHECKING:
     from api.auth import CredentialCache
@@ -148,23 +148,7 @@ async def check_connection_budget(engine: AsyncEngine, settings: Settings) -> No
         log.warning("connection_budget_unchecked", error=first_line(exc))
         return
     what = f"{processes} API process(es) x LEDGERQ_DB_POOL_SIZE {settings.db_pool_size}"
-    warning = budget_warning(budget, what)
-    if warning is not None:
-        log.warning(
-            "connection_budget_exceeded",
-            detail=warning,
-            max_connections=budget.max_connections,
-            needed=budget.needed,
-            others=budget.others,
-        )
-    else:
-        log.info(
-            "connection_budget",
-            max_connections=budget.max_connections,
-            reserved=budget.reserved,
-            needed=budget.needed,
-            others=budget.others,
-        )
+    log_budget(log, budget, what)
 
 
 def lifespan_for(

@@ -23,7 +23,7 @@ from worker.events import publish_completions
 from worker.routing import DRAIN_TASK, SWEEP_TASK
 from worker.settings import Settings, get_settings
 from worker.store.db import make_engine, read_budget
-from worker.store.pools import budget_warning, worker_pool
+from worker.store.pools import log_budget, worker_pool
 from worker.store.queue import stale_partitions
 
 log = structlog.get_logger(__name__)
@@ -197,24 +197,7 @@ def check_connection_budget(settings: Settings, processes: int) -> str | None:
         f"this worker's {processes} process(es) x {worker_pool(settings.db_pool_size)} "
         f"(LEDGERQ_DB_POOL_SIZE {settings.db_pool_size})"
     )
-    warning = budget_warning(budget, what)
-    if warning is not None:
-        log.warning(
-            "connection_budget_exceeded",
-            detail=warning,
-            max_connections=budget.max_connections,
-            needed=budget.needed,
-            others=budget.others,
-        )
-    else:
-        log.info(
-            "connection_budget",
-            max_connections=budget.max_connections,
-            reserved=budget.reserved,
-            needed=budget.needed,
-            others=budget.others,
-        )
-    return warning
+    return log_budget(log, budget, what)
 
 
 @signals.worker_ready.connect

@@ -10,6 +10,7 @@ superusers, with room left for migrations, psql and monitoring.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # The API has three pools of at least one connection each.
 MIN_POOL_SIZE = 3
@@ -94,3 +95,20 @@ def budget_warning(budget: Budget, processes: str) -> str | None:
         "database_unavailable when the slots run out: lower LEDGERQ_DB_POOL_SIZE, run fewer "
         "processes, or raise max_connections."
     )
+
+
+def log_budget(log: Any, budget: Budget, processes: str) -> str | None:
+    """Log what a process found at start (`connection_budget`, or `connection_budget_exceeded`
+    with the operator's warning) through `log` (a structlog logger); returns the warning."""
+    warning = budget_warning(budget, processes)
+    fields = {
+        "max_connections": budget.max_connections,
+        "reserved": budget.reserved,
+        "needed": budget.needed,
+        "others": budget.others,
+    }
+    if warning is not None:
+        log.warning("connection_budget_exceeded", detail=warning, **fields)
+    else:
+        log.info("connection_budget", **fields)
+    return warning
