@@ -10,8 +10,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,53 +17,8 @@ from pathlib import Path
 import httpx
 
 from devserver import EmbeddedServer, free_port, start_postgres, start_redis
+from tests.integration.support import Process
 from worker.store.migrate import upgrade
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Child:
-    """One process of the stack, leading its own process group, output in a log file."""
-
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, *self.args],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the whole group (the process and its pool children): no goodbye."""
-        if self.proc is not None and self.running:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.proc is None or not self.running:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
 
 
 @dataclass
@@ -80,9 +33,9 @@ class Stack:
     redis_port: int = 0
     api_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
-    api: Child | None = None
-    workers: list[Child] = field(default_factory=list)
-    beat: Child | None = None
+    api: Process | None = None
+    workers: list[Process] = field(default_factory=list)
+    beat: Process | None = None
 
     @property
     def url(self) -> str:
@@ -120,12 +73,11 @@ class Stack:
             "LEDGERQ_MASTER_KEY": secrets.token_urlsafe(32),
         }
         logs = self.root / "logs"
-        self.api = Child("api", ["-m", "cli", "api"], self.env, logs / "api.log")
+        self.api = Process("api", ["-m", "cli", "api"], self.env, logs)
         self.workers = [
-            Child(f"worker-{i}", ["-m", "cli", "worker"], self.env, logs / f"worker-{i}.log")
-            for i in range(2)
+            Process(f"worker-{i}", ["-m", "cli", "worker"], self.env, logs) for i in range(2)
         ]
-        self.beat = Child("beat", ["-m", "cli", "beat"], self.env, logs / "beat.log")
+        self.beat = Process("beat", ["-m", "cli", "beat"], self.env, logs)
         for child in (self.api, *self.workers, self.beat):
             child.start()
         self.wait_api()
@@ -134,15 +86,16 @@ class Stack:
         assert self.api is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.api.running:
-                raise AssertionError(f"the API exited:\n{self.api.log_tail()}")
+            self.api.assert_alive()
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"the API did not answer in {timeout}s:\n{self.api.log_tail()}")
+        raise AssertionError(
+            f"the API did not answer in {timeout}s:\n{self.api.log_text()[-3000:]}"
+        )
 
     def stop(self) -> None:
         for child in (self.api, *self.workers, self.beat):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,25 @@ class Process:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def extra_api(name: str, service_env: dict[str, str], logs_dir: Path, **env: str) -> Iterator[str]:
+    """One more API process on the suite's database and Redis (its own port, `env` on top of the
+    suite's), ready when entered, stopped on exit; yields its base URL."""
+    from devserver import free_port
+
+    port = free_port()
+    process = Process(
+        name, ["-m", "cli", "api"], {**service_env, **env, "LEDGERQ_API_PORT": str(port)}, logs_dir
+    )
+    process.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", process, timeout=60)
+        yield url
+    finally:
+        process.stop()
 
 
 def wait_for_http(url: str, process: Process, timeout: float) -> None:

@@ -12,15 +12,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from devserver import free_port
 from tests.integration.support import (
     LedgerClient,
-    Process,
     assert_ledger_consistent,
+    extra_api,
     insert_pending,
     key,
     operation_count,
-    wait_for_http,
     wait_terminal,
 )
 from worker.routing import partition_for
@@ -102,14 +100,8 @@ async def test_batch_limits(alice: LedgerClient) -> None:
 
 @pytest.fixture
 def small_backlog_api(service_env: dict[str, str], logs_dir: Path) -> Iterator[str]:
-    port = free_port()
-    env = {**service_env, "LEDGERQ_API_PORT": str(port), "LEDGERQ_MAX_BACKLOG": "5"}
-    process = Process("api-small-backlog", ["-m", "cli", "api"], env, logs_dir)
-    process.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{url}/health", process, timeout=60)
-    yield url
-    process.stop()
+    with extra_api("api-small-backlog", service_env, logs_dir, LEDGERQ_MAX_BACKLOG="5") as url:
+        yield url
 
 
 async def test_full_backlog_answers_503_and_stores_nothing(

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from devserver import free_port
-from tests.integration.support import LedgerClient, Process, wait_for_http
+from tests.integration.support import LedgerClient, extra_api
 from tests.integration.test_access import (
     as_key,
     assert_problem,
@@ -93,16 +93,8 @@ async def test_an_api_key_expiry_is_checked(alice: LedgerClient) -> None:
 @pytest.fixture(scope="module")
 def other_api(service_env: dict[str, str], logs_dir: Path, api_url: str) -> Iterator[str]:
     """A second API process on the suite's database and Redis."""
-    port = free_port()
-    env = {**service_env, "LEDGERQ_API_PORT": str(port)}
-    process = Process("api-revocation", ["-m", "cli", "api"], env, logs_dir)
-    process.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", process, timeout=60)
+    with extra_api("api-revocation", service_env, logs_dir) as url:
         yield url
-    finally:
-        process.stop()
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -19,15 +19,13 @@ from sqlalchemy import Engine
 from api import intake
 from api.errors import ApiError
 from api.schemas import OperationRequest
-from devserver import free_port
 from domain.limits import DEFAULT_LIMITS, USER, Subject
 from tests.integration.support import (
     LedgerClient,
-    Process,
     assert_ledger_consistent,
+    extra_api,
     key,
     operation_count,
-    wait_for_http,
     wait_terminal,
 )
 from tests.integration.test_access import Caller, as_key, assert_problem, create_key, master
@@ -400,20 +398,8 @@ async def test_setting_limits_is_the_admins_and_checked(
 @pytest.fixture(scope="module")
 def second_api(service_env: dict[str, str], logs_dir: Path, api_url: str) -> Iterator[str]:
     """Another API process on the suite's database and Redis."""
-    port = free_port()
-    process = Process(
-        "api-limits",
-        ["-m", "cli", "api"],
-        {**service_env, "LEDGERQ_API_PORT": str(port)},
-        logs_dir,
-    )
-    process.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", process, timeout=60)
+    with extra_api("api-limits", service_env, logs_dir) as url:
         yield url
-    finally:
-        process.stop()
 
 
 # ---------------------------------------------------------------- one group commit, many requests
