@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 # Stable constraint names, so migrations can refer to them and autogenerate stays quiet.
 metadata = sa.MetaData(
@@ -46,6 +46,16 @@ accounts = sa.Table(
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("balance", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("overdraft_limit", sa.BigInteger, nullable=False, server_default="0"),
+    # The sum of the account's open holds (what they have not yet captured or released): not
+    # available to any later debit.
+    sa.Column("held", sa.BigInteger, nullable=False, server_default="0"),
+    # Set and cleared by freeze and unfreeze operations, in their partition's order: a frozen
+    # account's debits fail (account_frozen), credits still apply.
+    sa.Column("frozen", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Set by a close operation (zero balance, no open hold); a closed account takes no operation.
+    _timestamp("closed_at", nullable=True),
+    # The owner's string pairs (domain/metadata.py bounds them).
+    sa.Column("metadata", JSONB, nullable=True),
     # System accounts are sharded by partition so partitions never contend on one hot row.
     sa.Column("shard", sa.SmallInteger, nullable=True),
     _timestamp("created_at"),
@@ -53,9 +63,11 @@ accounts = sa.Table(
     sa.CheckConstraint("kind IN ('checking', 'savings', 'world', 'custody')", name="kind"),
     sa.CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency"),
     sa.CheckConstraint("overdraft_limit >= 0", name="overdraft_limit"),
-    # The last line of defence: a customer balance never passes its overdraft floor.
+    sa.CheckConstraint("held >= 0", name="held"),
+    # The last line of defence: a customer's balance less its holds never passes its overdraft
+    # floor.
     sa.CheckConstraint(
-        "kind IN ('world', 'custody') OR balance >= -overdraft_limit", name="balance_floor"
+        "kind IN ('world', 'custody') OR balance - held >= -overdraft_limit", name="balance_floor"
     ),
     sa.Index("ix_accounts_owner_id_id", "owner_id", "id"),
 )
@@ -87,9 +99,31 @@ prices = sa.Table(
     sa.CheckConstraint("close > 0", name="close_positive"),
 )
 
-# Operations that take money out of account_id (allocations debit cash too).
-DEBIT_TYPES = ("withdrawal", "transfer", "allocation")
-DEBIT_TYPES_SQL = "(" + ", ".join(f"'{t}'" for t in DEBIT_TYPES) + ")"
+# Operations that take money out of account_id (allocations debit cash too; a hold reserves it).
+DEBIT_TYPES = ("withdrawal", "transfer", "allocation", "hold")
+# Every operation type, and those that move no money (their amount is 0).
+OPERATION_TYPES = (
+    "deposit",
+    "withdrawal",
+    "transfer",
+    "allocation",
+    "redemption",
+    "hold",
+    "capture",
+    "void",
+    "reversal",
+    "freeze",
+    "unfreeze",
+    "close",
+)
+CONTROL_TYPES = ("freeze", "unfreeze", "close")
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
+DEBIT_TYPES_SQL = _sql_list(DEBIT_TYPES)
 
 operations = sa.Table(
     "operations",
@@ -117,18 +151,29 @@ operations = sa.Table(
     sa.Column("asset_id", UUID(as_uuid=True), sa.ForeignKey("assets.id"), nullable=True),
     sa.Column("quantity", sa.BigInteger, nullable=True),
     sa.Column("price", sa.BigInteger, nullable=True),
+    # A capture or void: the hold it settles (the hold operation's id).
+    sa.Column("hold_id", UUID(as_uuid=True), nullable=True),
+    # A hold: seconds from its apply until the expiry sweep voids it.
+    sa.Column("expires_in", sa.Integer, nullable=True),
+    # A reversal: the operation it reverses; on that operation, how much reversals took back.
+    sa.Column("reversal_of", UUID(as_uuid=True), nullable=True),
+    sa.Column("reversed_amount", sa.BigInteger, nullable=False, server_default="0"),
+    # The submitter's string pairs (domain/metadata.py bounds them), part of the fingerprint.
+    sa.Column("metadata", JSONB, nullable=True),
     _timestamp("created_at"),
     _timestamp("updated_at"),
     _timestamp("applied_at", nullable=True),
-    # A redemption by quantity learns its amount when it is priced, at apply time.
+    # A redemption by quantity, and a reversal of "the rest", learn their amount at apply time;
+    # account controls move no money.
     sa.CheckConstraint(
-        "amount > 0 OR (type = 'redemption' AND quantity > 0 AND status <> 'succeeded')",
+        "amount > 0 OR (type = 'redemption' AND quantity > 0 AND status <> 'succeeded')"
+        " OR (type = 'reversal' AND amount = 0 AND status <> 'succeeded')"
+        f" OR (type IN {_sql_list(CONTROL_TYPES)} AND amount = 0)",
         name="amount_positive",
     ),
     sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed', 'cancelled')", name="status"),
-    sa.CheckConstraint(
-        "type IN ('deposit', 'withdrawal', 'transfer', 'allocation', 'redemption')", name="type"
-    ),
+    sa.CheckConstraint(f"type IN {_sql_list(OPERATION_TYPES)}", name="type"),
+    sa.CheckConstraint("reversed_amount >= 0 AND reversed_amount <= amount", name="reversed_amount"),
     sa.UniqueConstraint("principal_id", "idempotency_key"),
     # The apply loop's work list: small, because only pending rows are in it.
     sa.Index(
@@ -153,6 +198,14 @@ operations = sa.Table(
         "seq",
         postgresql_where=sa.text("to_account_id IS NOT NULL"),
     ),
+    # GET /operations?metadata[key]=value: containment over the operations that have metadata.
+    sa.Index(
+        "ix_operations_metadata",
+        "metadata",
+        postgresql_using="gin",
+        postgresql_ops={"metadata": "jsonb_path_ops"},
+        postgresql_where=sa.text("metadata IS NOT NULL"),
+    ),
     # Captado and portfolios read applied investments by time.
     sa.Index(
         "ix_operations_investments_applied_at",
@@ -171,6 +224,39 @@ positions = sa.Table(
     sa.Column("invested", sa.BigInteger, nullable=False),
     _timestamp("updated_at"),
     sa.CheckConstraint("units >= 0 AND invested >= 0", name="non_negative"),
+)
+
+# Holds: one row per hold that applied (its id is the hold operation's). `amount` is reserved on
+# the account until a capture settles `captured` of it (releasing the rest), a void releases it
+# all, or the expiry sweep's void does (status expired). Rows change only in the partition of
+# their account, in queue order.
+HOLD_STATUSES = ("open", "captured", "voided", "expired")
+holds = sa.Table(
+    "holds",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), sa.ForeignKey("operations.id"), primary_key=True),
+    sa.Column("account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("to_account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=True),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("captured", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("released", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("status", sa.Text, nullable=False, server_default="open"),
+    _timestamp("expires_at"),
+    _timestamp("created_at"),
+    _timestamp("closed_at", nullable=True),
+    # The operation that closed it (capture or void).
+    sa.Column("closed_by", UUID(as_uuid=True), nullable=True),
+    sa.CheckConstraint(f"status IN {_sql_list(HOLD_STATUSES)}", name="status"),
+    sa.CheckConstraint(
+        "amount > 0 AND captured >= 0 AND released >= 0 AND captured + released <= amount"
+        " AND (status = 'open') = (captured + released = 0)"
+        " AND (status = 'open' OR captured + released = amount)",
+        name="amounts",
+    ),
+    sa.Index("ix_holds_account_id_id", "account_id", "id"),
+    # The expiry sweep's work list: open holds by expiry.
+    sa.Index("ix_holds_open_expires_at", "expires_at", postgresql_where=sa.text("status = 'open'")),
 )
 
 entries = sa.Table(
