@@ -8,6 +8,7 @@ strings. No I/O and no arithmetic beyond formatting: figures come computed (doma
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -35,6 +36,7 @@ from api.schemas import (
     DepositLimitOut,
     DepositLimitsOut,
     EntryOut,
+    HoldOut,
     InvestmentOut,
     OperationChange,
     OperationError,
@@ -86,34 +88,52 @@ def api_key_created(row: Any, secret: str) -> ApiKeyCreated:
 # ---------------------------------------------------------------- accounts and entries
 
 
-def account_out(row: Any) -> AccountOut:
-    """An account row with `pending_debits` (the fast path's and the lists' queries)."""
-    return AccountOut(
-        id=row.id,
-        name=row.name,
-        type=row.kind,
-        currency=row.currency,
-        balance=format_amount(row.balance, row.currency),
-        available_balance=format_amount(row.balance - row.pending_debits, row.currency),
-        overdraft_limit=format_amount(row.overdraft_limit, row.currency),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+def _account_fields(row: Any, as_of: dt.datetime | None) -> dict[str, Any]:
+    currency = row.currency
+    return {
+        "id": row.id,
+        "name": row.name,
+        "type": row.kind,
+        "currency": currency,
+        "balance": format_amount(row.balance, currency),
+        "held_balance": format_amount(row.held, currency),
+        "available_balance": format_amount(row.balance - row.held - row.pending_debits, currency),
+        "overdraft_limit": format_amount(row.overdraft_limit, currency),
+        "frozen": row.frozen,
+        "closed_at": row.closed_at,
+        "metadata": row.metadata or {},
+        "as_of": as_of,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def account_out(row: Any, as_of: dt.datetime | None = None) -> AccountOut:
+    """An account row with `pending_debits` (the fast path's and the lists' queries). `as_of`:
+    the row holds balances as of that instant (queries.account_as_of)."""
+    return AccountOut(**_account_fields(row, as_of))
 
 
 def admin_account_out(row: Any) -> AdminAccountOut:
     """An account as the admin sees it: with its owner (None for system accounts)."""
-    return AdminAccountOut(
+    return AdminAccountOut(**_account_fields(row, None), owner_id=row.owner_id)
+
+
+def hold_out(row: Any) -> HoldOut:
+    currency = row.currency
+    return HoldOut(
         id=row.id,
-        name=row.name,
-        type=row.kind,
-        currency=row.currency,
-        balance=format_amount(row.balance, row.currency),
-        available_balance=format_amount(row.balance - row.pending_debits, row.currency),
-        overdraft_limit=format_amount(row.overdraft_limit, row.currency),
+        account_id=row.account_id,
+        to_account_id=row.to_account_id,
+        currency=currency,
+        amount=format_amount(row.amount, currency),
+        captured=format_amount(row.captured, currency),
+        released=format_amount(row.released, currency),
+        status=row.status,
+        expires_at=row.expires_at,
         created_at=row.created_at,
-        updated_at=row.updated_at,
-        owner_id=row.owner_id,
+        closed_at=row.closed_at,
+        closed_by=row.closed_by,
     )
 
 
@@ -173,6 +193,11 @@ def operation_out(row: Any) -> OperationOut:
         price=format_scaled(row.price) if row.price is not None else None,
         category=row.category,
         description=row.description,
+        hold_id=row.hold_id,
+        expires_in=row.expires_in,
+        reversal_of=row.reversal_of,
+        reversed_amount=format_amount(row.reversed_amount, row.currency),
+        metadata=row.metadata or {},
         error=OperationError(code=row.error_code, message=row.error_message)
         if row.error_code
         else None,

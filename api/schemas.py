@@ -11,6 +11,8 @@ import msgspec
 from litestar.params import KwargDefinition
 from msgspec import Meta, Struct
 
+from domain import metadata
+
 Username = Annotated[
     str,
     Meta(
@@ -37,6 +39,21 @@ AmountIn = Annotated[
 ]
 Category = Annotated[str, Meta(min_length=1, max_length=64)]
 Description = Annotated[str, Meta(max_length=500)]
+Metadata = Annotated[
+    dict[
+        Annotated[
+            str,
+            Meta(min_length=1, max_length=metadata.MAX_KEY_LENGTH, pattern=metadata.KEY_PATTERN),
+        ],
+        Annotated[str, Meta(max_length=metadata.MAX_VALUE_LENGTH)],
+    ],
+    Meta(
+        max_length=metadata.MAX_PAIRS,
+        description=f"Up to {metadata.MAX_PAIRS} string pairs: keys of 1-{metadata.MAX_KEY_LENGTH} "
+        f"letters, digits, `_ . : -`; values up to {metadata.MAX_VALUE_LENGTH} characters.",
+        examples=[{"order_id": "A-1042"}],
+    ),
+]
 
 
 class Body(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -177,10 +194,49 @@ class ApiKeyCreated(ApiKeyOut, kw_only=True):
 ApiKeyPage = Annotated[Page[ApiKeyOut], named_page("ApiKeyPage")]
 
 
+AccountName = Annotated[str, Meta(min_length=1, max_length=100)]
+
+
 class AccountCreate(Body):
-    name: Annotated[str, Meta(min_length=1, max_length=100)]
+    name: AccountName
     type: Literal["checking", "savings"]
     currency: Currency
+    initial_deposit: (
+        Annotated[
+            Decimal,
+            Meta(
+                description="Opens the account with this deposit, submitted with it (the "
+                "`Idempotency-Key` header is then required and names the deposit).",
+                examples=["100.00"],
+            ),
+        ]
+        | None
+    ) = None
+    metadata: Metadata | None = None
+
+
+class AccountChange(Body):
+    """The owner's changes: the name, the metadata (replaced whole). Absent fields stay."""
+
+    name: AccountName | None = None
+    metadata: Metadata | None = None
+
+
+class AdminAccountUpdate(Body):
+    """The admin's changes to a customer account. Absent fields stay."""
+
+    overdraft_limit: (
+        Annotated[
+            Decimal,
+            Meta(
+                description="How far below zero the account may go, a decimal string >= 0; "
+                "refused (409) below what the account already uses.",
+                examples=["500.00"],
+            ),
+        ]
+        | None
+    ) = None
+    name: AccountName | None = None
 
 
 class AccountOut(Struct, kw_only=True):
@@ -189,8 +245,21 @@ class AccountOut(Struct, kw_only=True):
     type: str
     currency: str
     balance: str
-    available_balance: str
+    held_balance: Annotated[str, Meta(description="The open holds' total, not available to spend.")]
+    available_balance: Annotated[
+        str,
+        Meta(description="balance less held_balance and pending debits (holds included)."),
+    ]
     overdraft_limit: str
+    frozen: Annotated[bool, Meta(description="Debits fail (account_frozen); credits apply.")]
+    closed_at: Annotated[
+        dt.datetime | None, Meta(description="Closed accounts take no operation (409).")
+    ]
+    metadata: dict[str, str]
+    as_of: Annotated[
+        dt.datetime | None,
+        Meta(description="With `?as_of=`: the instant the balances are from; null: now."),
+    ] = None
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -226,17 +295,52 @@ Quantity = Annotated[
 ]
 
 
+# Operations a client submits; account controls (freeze, unfreeze, close) have their own routes.
+SubmittedType = Literal[
+    "deposit",
+    "withdrawal",
+    "transfer",
+    "allocation",
+    "redemption",
+    "hold",
+    "capture",
+    "void",
+    "reversal",
+]
+
+
 class OperationRequest(Body):
-    type: Literal["deposit", "withdrawal", "transfer", "allocation", "redemption"]
-    account_id: UUID
-    # Required, except for a redemption by `quantity`.
+    type: SubmittedType
+    # Required, except for a capture, void or reversal (they act on the account of what they
+    # refer to).
+    account_id: UUID | None = None
+    # Required, except for a redemption by `quantity`, a void, and a capture or reversal of all.
     amount: AmountIn | None = None
+    # A transfer's payee; a hold's payee for its capture (none: the capture leaves the ledger).
     to_account_id: UUID | None = None
     # Allocations and redemptions: the asset; a redemption sells `quantity` units or raises `amount`.
     asset_id: UUID | None = None
     quantity: Quantity | None = None
+    hold_id: Annotated[
+        UUID | None, Meta(description="A capture or void: the hold (its operation id).")
+    ] = None
+    expires_in: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                description="A hold: seconds until it expires and is voided "
+                "(LEDGERQ_HOLD_DEFAULT_EXPIRY if absent, at most LEDGERQ_HOLD_MAX_EXPIRY).",
+            ),
+        ]
+        | None
+    ) = None
+    operation_id: Annotated[
+        UUID | None, Meta(description="A reversal: the operation it takes back.")
+    ] = None
     category: Category | None = None
     description: Description | None = None
+    metadata: Metadata | None = None
 
 
 class BatchItem(OperationRequest, kw_only=True):
@@ -266,6 +370,13 @@ class OperationOut(Struct, kw_only=True):
     price: str | None
     category: str | None
     description: str | None
+    hold_id: Annotated[UUID | None, Meta(description="A capture's or void's hold.")]
+    expires_in: Annotated[int | None, Meta(description="A hold's life in seconds.")]
+    reversal_of: Annotated[UUID | None, Meta(description="A reversal's original operation.")]
+    reversed_amount: Annotated[
+        str, Meta(description="How much of this operation reversals have taken back.")
+    ]
+    metadata: dict[str, str]
     error: OperationError | None
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -273,6 +384,26 @@ class OperationOut(Struct, kw_only=True):
 
 
 OperationPage = Annotated[Page[OperationOut], named_page("OperationPage")]
+
+
+class HoldOut(Struct, kw_only=True):
+    id: Annotated[UUID, Meta(description="The hold operation's id.")]
+    account_id: UUID
+    to_account_id: Annotated[
+        UUID | None, Meta(description="Where a capture pays; null: out of the ledger.")
+    ]
+    currency: str
+    amount: str
+    captured: str
+    released: str
+    status: Literal["open", "captured", "voided", "expired"]
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    closed_at: dt.datetime | None
+    closed_by: Annotated[UUID | None, Meta(description="The capture or void that closed it.")]
+
+
+HoldPage = Annotated[Page[HoldOut], named_page("HoldPage")]
 
 
 class Problem(Struct, kw_only=True, omit_defaults=True):

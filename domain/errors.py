@@ -17,6 +17,12 @@ INSUFFICIENT_UNITS = "insufficient_units"
 PRICE_UNAVAILABLE = "price_unavailable"
 ASSET_NOT_FOUND = "asset_not_found"
 AMOUNT_TOO_SMALL = "amount_too_small"
+HOLD_CLOSED = "hold_closed"
+ACCOUNT_FROZEN = "account_frozen"
+ACCOUNT_CLOSED = "account_closed"
+ACCOUNT_NOT_EMPTY = "account_not_empty"
+NOT_REVERSIBLE = "not_reversible"
+REVERSAL_EXCEEDS_ORIGINAL = "reversal_exceeds_original"
 
 
 class DomainError(Exception):

@@ -26,10 +26,34 @@ class OperationType(StrEnum):
     # Investments: cash <-> the currency's custody account, plus a change of position.
     ALLOCATION = "allocation"
     REDEMPTION = "redemption"
+    # Holds reserve money on account_id; a capture settles (part of) one, a void releases it.
+    HOLD = "hold"
+    CAPTURE = "capture"
+    VOID = "void"
+    # Takes back (part of) an earlier deposit, withdrawal, transfer or capture.
+    REVERSAL = "reversal"
+    # Account controls: they move no money, and apply in their partition's order.
+    FREEZE = "freeze"
+    UNFREEZE = "unfreeze"
+    CLOSE = "close"
 
 
 INVESTMENT_TYPES: frozenset[OperationType] = frozenset(
     {OperationType.ALLOCATION, OperationType.REDEMPTION}
+)
+
+
+CONTROL_TYPES: frozenset[OperationType] = frozenset(
+    {OperationType.FREEZE, OperationType.UNFREEZE, OperationType.CLOSE}
+)
+# What a reversal may take back.
+REVERSIBLE_TYPES: frozenset[OperationType] = frozenset(
+    {
+        OperationType.DEPOSIT,
+        OperationType.WITHDRAWAL,
+        OperationType.TRANSFER,
+        OperationType.CAPTURE,
+    }
 )
 
 
@@ -49,7 +73,10 @@ TERMINAL_STATUSES: frozenset[OperationStatus] = frozenset(
 class Account:
     """An account and its balance in minor units of `currency`.
 
-    `overdraft_limit` (>= 0) is how far below zero a customer account may go.
+    `overdraft_limit` (>= 0) is how far below zero a customer account may go; `held` (>= 0), the
+    open holds' total, is not available to debits: a debit needs
+    balance - held - amount >= -overdraft_limit. A frozen account takes no debit, a closed one
+    no operation at all.
     """
 
     id: UUID
@@ -57,11 +84,21 @@ class Account:
     currency: str
     balance: int
     overdraft_limit: int = 0
+    held: int = 0
+    frozen: bool = False
+    closed: bool = False
 
     def __post_init__(self) -> None:
         # A negative limit would turn the floor into a minimum balance above zero, silently.
         if self.overdraft_limit < 0:
             raise ValueError(f"overdraft_limit must be >= 0, got {self.overdraft_limit}")
+        if self.held < 0:
+            raise ValueError(f"held must be >= 0, got {self.held}")
+
+    @property
+    def available(self) -> int:
+        """What debits may still spend, the overdraft included."""
+        return self.balance - self.held + self.overdraft_limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +120,13 @@ class Operation:
     # (then `amount` is 0 until the sale is priced).
     asset_id: UUID | None = None
     quantity: int | None = None
+    # A capture or void: the hold (its hold operation's id). A hold: seconds until it expires.
+    hold_id: UUID | None = None
+    expires_in: int | None = None
+    # A void the expiry sweep submitted: the hold ends `expired`, not `voided`.
+    expiry: bool = False
+    # A reversal: the operation it takes back (`amount` 0: all that is left of it).
+    reversal_of: UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,9 @@ def _timestamp(name: str, nullable: bool = False) -> sa.Column[object]:
 
 
 def upgrade() -> None:
-    op.add_column("accounts", sa.Column("held", sa.BigInteger(), server_default="0", nullable=False))
+    op.add_column(
+        "accounts", sa.Column("held", sa.BigInteger(), server_default="0", nullable=False)
+    )
     op.add_column(
         "accounts", sa.Column("frozen", sa.Boolean(), server_default=sa.false(), nullable=False)
     )
@@ -117,9 +119,7 @@ def upgrade() -> None:
             " AND (status = 'open' OR captured + released = amount)",
             name=op.f("ck_holds_amounts"),
         ),
-        sa.ForeignKeyConstraint(
-            ["id"], ["operations.id"], name=op.f("fk_holds_id_operations")
-        ),
+        sa.ForeignKeyConstraint(["id"], ["operations.id"], name=op.f("fk_holds_id_operations")),
         sa.ForeignKeyConstraint(
             ["account_id"], ["accounts.id"], name=op.f("fk_holds_account_id_accounts")
         ),
@@ -150,11 +150,12 @@ def downgrade() -> None:
     )
     op.drop_index("ix_operations_metadata", table_name="operations")
     # Money history is never deleted to fit an older schema: refuse instead.
-    op.execute(
-        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM operations WHERE type NOT IN "
+    refuse = (
+        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM operations WHERE type NOT IN "  # noqa: S608 (constants)
         f"{_OLD_TYPES}) THEN RAISE EXCEPTION 'operations of types revision 0007 does not know "
         "exist; downgrading would lose them'; END IF; END $$"
     )
+    op.execute(refuse)
     op.drop_constraint(op.f("ck_operations_reversed_amount"), "operations", type_="check")
     op.drop_constraint(op.f("ck_operations_amount_positive"), "operations", type_="check")
     op.create_check_constraint(op.f("ck_operations_amount_positive"), "operations", _OLD_AMOUNT)

@@ -173,7 +173,9 @@ operations = sa.Table(
     ),
     sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed', 'cancelled')", name="status"),
     sa.CheckConstraint(f"type IN {_sql_list(OPERATION_TYPES)}", name="type"),
-    sa.CheckConstraint("reversed_amount >= 0 AND reversed_amount <= amount", name="reversed_amount"),
+    sa.CheckConstraint(
+        "reversed_amount >= 0 AND reversed_amount <= amount", name="reversed_amount"
+    ),
     sa.UniqueConstraint("principal_id", "idempotency_key"),
     # The apply loop's work list: small, because only pending rows are in it.
     sa.Index(
