@@ -252,6 +252,11 @@ class NewOperation:
     description: str | None
     asset_id: UUID | None = None
     quantity: int | None = None
+    hold_id: UUID | None = None
+    expires_in: int | None = None
+    reversal_of: UUID | None = None
+    # JSON text of the canonical metadata (domain/metadata.py), or None.
+    metadata: str | None = None
     # Deposits: the limits that apply where the admin set none for the user (or the key), and the
     # API key that submitted it, whose limits count too (domain/limits.py). `limits` None: not
     # limited (the admin's deposits, and every other type).
@@ -284,6 +289,10 @@ _NEW_OPERATION_COLUMNS = (
     "description",
     "asset_id",
     "quantity",
+    "hold_id",
+    "expires_in",
+    "reversal_of",
+    "metadata",
 )
 
 
@@ -694,8 +703,10 @@ async def operations_for_principal(
     limit: int,
     account_id: UUID | None = None,
     status: str | None = None,
+    metadata: tuple[str, str] | None = None,
 ) -> Sequence[Record]:
-    """Newest first (by seq), keyset pages."""
+    """Newest first (by seq), keyset pages. `metadata`: only operations carrying this pair
+    (containment, ix_operations_metadata)."""
     query = sa.select(*OPERATION_COLUMNS).where(operations.c.principal_id == principal_id)
     if before_seq is not None:
         query = query.where(operations.c.seq < before_seq)
@@ -705,6 +716,12 @@ async def operations_for_principal(
         )
     if status is not None:
         query = query.where(operations.c.status == status)
+    if metadata is not None:
+        key, value = metadata
+        # The IS NOT NULL repeats the partial index's predicate, so the planner may use it.
+        query = query.where(
+            operations.c.metadata.is_not(None), operations.c.metadata.contains({key: value})
+        )
     return (await conn.execute(query.order_by(operations.c.seq.desc()).limit(limit))).all()
 
 
