@@ -16,6 +16,7 @@ from api.controllers.api_keys import ApiKeyController
 from api.controllers.auth import AuthController
 from api.controllers.events import follow_account, follow_operation
 from api.controllers.health import health, ready
+from api.controllers.holds import HoldController
 from api.controllers.investments import (
     AssetController,
     ClientController,
@@ -84,6 +85,7 @@ def create_litestar(settings: Settings | None = None) -> Litestar:
             ApiKeyController,
             AccountController,
             OperationController,
+            HoldController,
             AdminController,
             AssetController,
             PortfolioController,

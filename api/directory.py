@@ -1,7 +1,9 @@
-"""A per-process directory of account owners, kinds and currencies (immutable facts, safe to cache)."""
+"""A per-process directory of account owners, kinds, currencies (immutable facts, safe to cache)
+and whether they are closed (a close is final: `forget` on its completion event reloads it)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from uuid import UUID
 
 from api.groupcommit import Grouped
@@ -15,7 +17,10 @@ class AccountDirectory:
 
     Those three never change after an account is opened and accounts are never deleted, so
     the cache needs no invalidation; it spares the accept path a SELECT (balances are never
-    cached). Bounded by simple eviction of the oldest entries.
+    cached). Bounded by simple eviction of the oldest entries. `closed_at` changes once: the
+    completion of a close operation makes every API process forget the account (api/state.py),
+    so its next submit reads it closed and answers 409; an operation that raced past the close
+    fails account_closed when applied.
     """
 
     def __init__(self, db: FastStore, max_entries: int = 200_000) -> None:
@@ -25,6 +30,10 @@ class AccountDirectory:
         self._load: Grouped[UUID, dict[UUID, Record]] = Grouped(
             lambda ids: queries.accounts_by_ids(db, ids)
         )
+
+    def forget(self, account_ids: Iterable[UUID]) -> None:
+        for account_id in account_ids:
+            self._rows.pop(account_id, None)
 
     async def lookup(self, account_ids: set[UUID]) -> dict[UUID, Record]:
         found = {i: self._rows[i] for i in account_ids if i in self._rows}

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
+import msgspec
 import psycopg
 import structlog
 
@@ -28,11 +29,13 @@ from api.state import Services
 from domain.errors import DomainError
 from domain.idempotency import request_fingerprint
 from domain.limits import DAILY, Limits, Refusal
-from domain.model import CUSTOMER_KINDS
+from domain.metadata import canonical
+from domain.model import CUSTOMER_KINDS, REVERSIBLE_TYPES, OperationStatus, OperationType
 from domain.money import check_amount_token, format_amount, parse_amount
 from domain.returns import parse_scaled
+from domain.reversals import Original, debited_by_reversal
 from worker.routing import partition_for
-from worker.store import queries
+from worker.store import holds, queries
 from worker.store.queries import NewOperation, OperationKey, Record, Stored
 
 log = structlog.get_logger(__name__)
@@ -63,28 +66,54 @@ def _invalid(code: str, detail: str, field: str) -> ApiError:
 
 
 INVESTMENTS = ("allocation", "redemption")
+# They act on the account of what they refer to (a hold, an operation), not on an account_id.
+REFERRING = ("capture", "void", "reversal")
+# Account controls move no money (their own routes submit them).
+CONTROLS = ("freeze", "unfreeze", "close")
+# An amount is optional (capture: all of the hold; reversal: all that is left) or not taken.
+AMOUNT_OPTIONAL = ("redemption", "capture", "reversal")
+NO_AMOUNT = ("void", *CONTROLS)
 
 
 def check_shape(data: OperationRequest) -> ApiError | None:
     """Rules that need no database: which fields each operation type takes."""
-    investment = data.type in INVESTMENTS
+    t = data.type
+    investment = t in INVESTMENTS
+    referring = t in REFERRING
     problems: list[tuple[bool, str, str, str]] = [
-        (data.type == "transfer" and data.to_account_id is None,
+        (not referring and data.account_id is None,
+         "validation_error", f"account_id is required for a {t}", "account_id"),
+        (referring and data.account_id is not None,
+         "validation_error", f"a {t} acts on the account of what it refers to: no account_id",
+         "account_id"),
+        (t == "transfer" and data.to_account_id is None,
          "validation_error", "to_account_id is required for a transfer", "to_account_id"),
-        (data.type != "transfer" and data.to_account_id is not None,
-         "validation_error", f"to_account_id is not allowed for a {data.type}", "to_account_id"),
+        (t not in ("transfer", "hold") and data.to_account_id is not None,
+         "validation_error", f"to_account_id is not allowed for a {t}", "to_account_id"),
         (data.to_account_id is not None and data.to_account_id == data.account_id,
-         "same_account", "a transfer needs two different accounts", "to_account_id"),
+         "same_account", f"a {t} needs two different accounts", "to_account_id"),
         (investment and data.asset_id is None,
-         "validation_error", f"asset_id is required for an {data.type}", "asset_id"),
+         "validation_error", f"asset_id is required for an {t}", "asset_id"),
         (not investment and data.asset_id is not None,
-         "validation_error", f"asset_id is not allowed for a {data.type}", "asset_id"),
-        (data.quantity is not None and data.type != "redemption",
+         "validation_error", f"asset_id is not allowed for a {t}", "asset_id"),
+        (data.quantity is not None and t != "redemption",
          "validation_error", "quantity is only for a redemption", "quantity"),
-        (data.type == "redemption" and (data.amount is None) == (data.quantity is None),
+        (t == "redemption" and (data.amount is None) == (data.quantity is None),
          "validation_error", "a redemption takes exactly one of amount or quantity", "amount"),
-        (data.amount is None and data.type != "redemption",
+        (data.amount is None and t not in AMOUNT_OPTIONAL and t not in NO_AMOUNT,
          "validation_error", "amount is required", "amount"),
+        (data.amount is not None and t in NO_AMOUNT,
+         "validation_error", f"a {t} takes no amount", "amount"),
+        (t in ("capture", "void") and data.hold_id is None,
+         "validation_error", f"hold_id is required for a {t}", "hold_id"),
+        (t not in ("capture", "void") and data.hold_id is not None,
+         "validation_error", f"hold_id is not allowed for a {t}", "hold_id"),
+        (t == "reversal" and data.operation_id is None,
+         "validation_error", "operation_id (the operation to reverse) is required", "operation_id"),
+        (t != "reversal" and data.operation_id is not None,
+         "validation_error", f"operation_id is not allowed for a {t}", "operation_id"),
+        (t != "hold" and data.expires_in is not None,
+         "validation_error", "expires_in is only for a hold", "expires_in"),
     ]  # fmt: skip
     for failed, code, detail, field in problems:
         if failed:
@@ -92,38 +121,121 @@ def check_shape(data: OperationRequest) -> ApiError | None:
     return None
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where an operation acts once its references are resolved: `account_id` (its partition),
+    `to_account_id`, the amount a capture or void takes when none is given (0: resolved at apply),
+    and `debited`, the account whose owner may submit it when that is not `account_id` (a
+    reversal's; None with `admin_only`: it takes money from the world, only the admin may)."""
+
+    account_id: UUID
+    to_account_id: UUID | None
+    default_amount: int = 0
+    debited: UUID | None = None
+    admin_only: bool = False
+
+
+def resolve(data: OperationRequest, refs: Mapping[UUID, Record]) -> Target | ApiError:
+    """The accounts a submission acts on: its own, or those of the hold or operation it names.
+    Someone else's hold or operation reads as missing (checked with the account's owner later)."""
+    if data.type in ("capture", "void"):
+        hold = refs.get(data.hold_id) if data.hold_id is not None else None
+        if hold is None or hold.type != "hold":
+            return ApiError(404, "hold_not_found", "No such hold.", field="hold_id")
+        return Target(
+            hold.account_id,
+            hold.to_account_id if data.type == "capture" else None,
+            default_amount=hold.amount,
+        )
+    if data.type == "reversal":
+        row = refs.get(data.operation_id) if data.operation_id is not None else None
+        if row is None:
+            return ApiError(404, "operation_not_found", "No such operation.", field="operation_id")
+        original = _original(row)
+        if original.type not in REVERSIBLE_TYPES:
+            return _invalid("not_reversible", f"a {row.type} cannot be reversed", "operation_id")
+        if not original.reversible:
+            why = f"only a succeeded operation can be reversed; this one is {row.status}"
+            return _invalid("not_reversible", why, "operation_id")
+        debited = debited_by_reversal(original)
+        return Target(
+            row.account_id,
+            row.to_account_id,
+            debited=debited,
+            admin_only=debited is None,
+        )
+    assert data.account_id is not None  # check_shape
+    return Target(data.account_id, data.to_account_id)
+
+
+def _original(row: Record) -> Original:
+    return Original(
+        id=row.id,
+        type=OperationType(row.type),
+        status=OperationStatus(row.status),
+        account_id=row.account_id,
+        to_account_id=row.to_account_id,
+        amount=row.amount,
+        reversed=row.reversed_amount,
+    )
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a group of submissions is validated against, read once for all of them."""
+
+    accounts: Mapping[UUID, Record]
+    asset_currencies: Mapping[UUID, str]
+    refs: Mapping[UUID, Record]
+    settings: Settings
+
+
 def prepare(
     principal_id: UUID,
     submission: Submission,
-    accounts: dict[UUID, Record],
-    partitions: int,
-    asset_currencies: dict[UUID, str],
+    context: Context,
     *,
     limits: Limits | None = None,
     api_key_id: UUID | None = None,
-    any_owner: bool = False,
+    admin: bool = False,
 ) -> NewOperation | ApiError:
     """The operation to store for a submission, or why not. `limits` (deposits: the defaults where
     the admin set none; None: not limited) and `api_key_id` travel with it to the group commit.
-    `any_owner`: the admin's deposits, into any customer account."""
+    `admin`: the admin acting on any customer account (its deposits, account controls,
+    reversals)."""
     data = submission.request
     if (error := check_shape(data)) is not None:
         return error
-    account = accounts.get(data.account_id)
-    if any_owner and account is not None and account.kind not in CUSTOMER_KINDS:
-        account = None
-    if account is None or (account.owner_id != principal_id and not any_owner):
-        # Someone else's account is indistinguishable from a missing one.
-        return ApiError(404, "account_not_found", "No such account.", field="account_id")
+    target = resolve(data, context.refs)
+    if isinstance(target, ApiError):
+        return target
+    accounts = context.accounts
+    account = accounts.get(target.account_id)
+    if account is not None and account.kind not in CUSTOMER_KINDS:
+        account = None  # system accounts take no operation from outside
+    # Whose owner may submit it: the account it acts on, or the one a reversal takes money from.
+    owner_of = accounts.get(target.debited) if target.debited is not None else account
+    allowed = admin or (
+        not target.admin_only and owner_of is not None and owner_of.owner_id == principal_id
+    )
+    if account is None or not allowed:
+        # Someone else's account (or hold, or operation) is indistinguishable from a missing one.
+        return _missing(data)
     try:
         for name, text in submission.texts.items():
             check_amount_token(text, name)
-        amount = parse_amount(data.amount, account.currency) if data.amount is not None else 0
+        amount = (
+            parse_amount(data.amount, account.currency)
+            if data.amount is not None
+            else target.default_amount
+        )
         quantity = parse_scaled(data.quantity, "quantity") if data.quantity is not None else None
     except DomainError as exc:
         return from_domain_error(exc)
+    if (error := _check_references(data, amount, context.refs)) is not None:
+        return error
     if data.asset_id is not None:
-        asset_currency = asset_currencies.get(data.asset_id)
+        asset_currency = context.asset_currencies.get(data.asset_id)
         if asset_currency is None:
             return _invalid("asset_not_found", "asset_id names no asset", "asset_id")
         if asset_currency != account.currency:
@@ -132,16 +244,32 @@ def prepare(
                 f"the asset trades in {asset_currency}, the account holds {account.currency}",
                 "asset_id",
             )
-    if data.to_account_id is not None:
-        target = accounts.get(data.to_account_id)
-        if target is None or target.kind not in CUSTOMER_KINDS:
+    if target.to_account_id is not None:
+        payee = accounts.get(target.to_account_id)
+        if payee is None or payee.kind not in CUSTOMER_KINDS:
             return _invalid("account_not_found", "to_account_id names no account", "to_account_id")
-        if target.currency != account.currency:
+        if payee.currency != account.currency:
             return _invalid(
                 "currency_mismatch",
-                f"to_account_id holds {target.currency}, the debited account {account.currency}",
+                f"to_account_id holds {payee.currency}, the debited account {account.currency}",
                 "to_account_id",
             )
+    payee = accounts.get(target.to_account_id) if target.to_account_id is not None else None
+    for acting in (account, payee):
+        if acting is not None and acting.closed_at is not None:
+            return ApiError(
+                409, "account_closed", f"Account {acting.id} is closed.", field="account_id"
+            )
+    expires_in = None
+    if data.type == "hold":
+        expires_in = data.expires_in or context.settings.hold_default_expiry
+        if expires_in > context.settings.hold_max_expiry:
+            return _invalid(
+                "validation_error",
+                f"a hold lives at most {context.settings.hold_max_expiry} seconds",
+                "expires_in",
+            )
+    metadata = canonical(data.metadata)
     fingerprint = request_fingerprint(
         {
             "type": data.type,
@@ -153,6 +281,10 @@ def prepare(
             "description": data.description,
             "asset_id": data.asset_id,
             "quantity": quantity,
+            "hold_id": data.hold_id,
+            "expires_in": expires_in,
+            "operation_id": data.operation_id,
+            "metadata": metadata,
         }
     )
     return NewOperation(
@@ -160,18 +292,56 @@ def prepare(
         idempotency_key=submission.idempotency_key,
         fingerprint=fingerprint,
         type=data.type,
-        account_id=data.account_id,
-        to_account_id=data.to_account_id,
+        account_id=target.account_id,
+        to_account_id=target.to_account_id,
         amount=amount,
         currency=account.currency,
-        partition=partition_for(data.account_id, partitions),
+        partition=partition_for(target.account_id, context.settings.partitions),
         category=data.category,
         description=data.description,
         asset_id=data.asset_id,
         quantity=quantity,
+        hold_id=data.hold_id,
+        expires_in=expires_in,
+        reversal_of=data.operation_id,
+        metadata=msgspec.json.encode(metadata).decode() if metadata is not None else None,
         limits=limits,
         api_key_id=api_key_id,
     )
+
+
+def _missing(data: OperationRequest) -> ApiError:
+    if data.hold_id is not None:
+        return ApiError(404, "hold_not_found", "No such hold.", field="hold_id")
+    if data.operation_id is not None:
+        return ApiError(404, "operation_not_found", "No such operation.", field="operation_id")
+    return ApiError(404, "account_not_found", "No such account.", field="account_id")
+
+
+def _check_references(
+    data: OperationRequest, amount: int, refs: Mapping[UUID, Record]
+) -> ApiError | None:
+    """What intake can already tell of a capture or reversal amount (the apply checks again, in
+    order: a hold may close, other reversals may come first)."""
+    if data.type == "capture" and data.hold_id is not None:
+        hold = refs[data.hold_id]
+        if not 0 < amount <= hold.amount:
+            return _invalid(
+                "invalid_amount",
+                f"a capture takes at most the hold's {format_amount(hold.amount, hold.currency)}",
+                "amount",
+            )
+    if data.type == "reversal" and data.operation_id is not None and data.amount is not None:
+        row = refs[data.operation_id]
+        left = row.amount - row.reversed_amount
+        if amount > left:
+            return _invalid(
+                "reversal_exceeds_original",
+                f"{format_amount(left, row.currency)} {row.currency} of the operation is left to "
+                "reverse",
+                "amount",
+            )
+    return None
 
 
 def default_limits(settings: Settings) -> Limits:
@@ -246,27 +416,37 @@ async def submit(
     settings = services.settings
     caller = current_principal()
     api_key_id = caller.api_key_id if caller is not None and caller.id == principal_id else None
+    # The admin (master key) may reverse on any customer account: refunds and chargebacks.
+    admin_reverses = caller is not None and caller.is_admin
     limits = None if admin else default_limits(settings)
+    ref_ids = {
+        i for s in submissions for i in (s.request.hold_id, s.request.operation_id) if i is not None
+    }
+    refs = await holds.referenced_operations(services.fast, ref_ids) if ref_ids else {}
     referenced: set[UUID] = set()
     for s in submissions:
-        referenced.add(s.request.account_id)
-        if s.request.to_account_id is not None:
-            referenced.add(s.request.to_account_id)
+        target = resolve(s.request, refs) if check_shape(s.request) is None else None
+        if isinstance(target, Target):
+            referenced.update(i for i in (target.account_id, target.to_account_id) if i is not None)
 
     outcomes: list[Outcome | NewOperation] = []
-    accounts = await services.accounts.lookup(referenced)
     asset_ids = {s.request.asset_id for s in submissions if s.request.asset_id is not None}
-    asset_currencies = await queries.asset_currencies(services.fast, asset_ids) if asset_ids else {}
+    context = Context(
+        accounts=await services.accounts.lookup(referenced),
+        asset_currencies=await queries.asset_currencies(services.fast, asset_ids)
+        if asset_ids
+        else {},
+        refs=refs,
+        settings=settings,
+    )
     for s in submissions:
         prepared = prepare(
             principal_id,
             s,
-            accounts,
-            settings.partitions,
-            asset_currencies,
+            context,
             limits=limits,
             api_key_id=api_key_id,
-            any_owner=admin,
+            admin=admin or (admin_reverses and s.request.type == "reversal"),
         )
         outcomes.append(prepared)
     outcomes = await _hold_back(services, outcomes)

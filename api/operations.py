@@ -78,8 +78,9 @@ async def submit_one(
     *,
     admin: bool = False,
 ) -> Response[OperationOut]:
-    """The one submit path (see the module's docstring). `admin`: the admin's deposit, into any
-    customer account and past every limit, logged for audit as `admin_deposit_accepted`."""
+    """The one submit path (see the module's docstring). `admin`: the admin acting on any customer
+    account (a deposit past every limit, a freeze or unfreeze), logged for audit as
+    `admin_operation_accepted`."""
     key = parse_idempotency_key(idempotency_key)
     services = services_of(request.app)
     texts = decimal_texts(await request.body())
@@ -97,7 +98,8 @@ async def submit_one(
         OPERATIONS_SUBMITTED.labels(row.type).inc()
         if admin:
             log.info(
-                "admin_deposit_accepted",
+                "admin_operation_accepted",
+                type=row.type,
                 account_id=str(row.account_id),
                 amount=row.amount,
                 currency=row.currency,

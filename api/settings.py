@@ -97,6 +97,17 @@ API_VARIABLES: tuple[Var, ...] = (
         "admin may set their own per currency).",
     ),
     Var(
+        "LEDGERQ_HOLD_DEFAULT_EXPIRY",
+        "604800",
+        "Seconds a hold stays open when it names no `expires_in` (7 days); then the expiry sweep "
+        "voids it through the queue.",
+    ),
+    Var(
+        "LEDGERQ_HOLD_MAX_EXPIRY",
+        "2592000",
+        "The longest `expires_in` a hold may ask for, in seconds (30 days).",
+    ),
+    Var(
         "LEDGERQ_RATE_LIMIT",
         "1200",
         "Requests per principal (or per client address, unauthenticated) per window; an API key "
@@ -163,6 +174,9 @@ class Settings(shared.Settings):
     # Deposit limits' defaults, in minor units of each currency (domain/limits.py).
     deposit_max_per_operation: int
     deposit_daily_limit: int
+    # Holds: seconds until expiry when none is asked for, and the longest that may be asked.
+    hold_default_expiry: int
+    hold_max_expiry: int
     rate_limit: int
     rate_limit_window: int
     login_max_failures: int
@@ -177,8 +191,17 @@ class Settings(shared.Settings):
             raise SettingsError(
                 f"LEDGERQ_API_SERVER must be {' or '.join(API_SERVERS)}, got {api_server!r}"
             )
+        hold_default = env.number("LEDGERQ_HOLD_DEFAULT_EXPIRY", 1, 10 * 365 * 86_400)
+        hold_max = env.number("LEDGERQ_HOLD_MAX_EXPIRY", 1, 10 * 365 * 86_400)
+        if hold_default > hold_max:
+            raise SettingsError(
+                f"LEDGERQ_HOLD_DEFAULT_EXPIRY ({hold_default}) is above LEDGERQ_HOLD_MAX_EXPIRY "
+                f"({hold_max})"
+            )
         return {
             **values,
+            "hold_default_expiry": hold_default,
+            "hold_max_expiry": hold_max,
             "api_host": env.get("LEDGERQ_API_HOST"),
             "api_port": env.number("LEDGERQ_API_PORT", 1, 65535),
             "api_workers": env.number("LEDGERQ_API_WORKERS", 1, 64),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -120,14 +121,31 @@ def channels_plugin(redis_client: redis.asyncio.Redis) -> ChannelsPlugin:
     )
 
 
+def closed_accounts(payload: bytes | str) -> list[UUID]:
+    """The accounts a batch of completion events closed (a close that succeeded)."""
+    if '"close"' not in (payload if isinstance(payload, str) else payload.decode()):
+        return []  # the common case, without decoding the events
+    try:
+        events = json.loads(payload)
+    except ValueError:
+        return []
+    return [
+        UUID(e["account_id"])
+        for e in events
+        if e.get("type") == "close" and e.get("status") == "succeeded"
+    ]
+
+
 async def _follow_completions(
-    channels: ChannelsPlugin, waiters: CompletionWaiters, name: str
+    channels: ChannelsPlugin, waiters: CompletionWaiters, accounts: AccountDirectory, name: str
 ) -> None:
     while True:
         try:
             async with channels.start_subscription([name]) as subscriber:
                 async for message in subscriber.iter_events():
                     waiters.dispatch(message)
+                    if closed := closed_accounts(message):
+                        accounts.forget(closed)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # keep listening: a Redis hiccup must not end waits for good
@@ -200,7 +218,10 @@ def lifespan_for(
         tasks = [
             asyncio.create_task(
                 _follow_completions(
-                    channels, services.waiters, channel(OPERATIONS_CHANNEL, services.redis)
+                    channels,
+                    services.waiters,
+                    services.accounts,
+                    channel(OPERATIONS_CHANNEL, services.redis),
                 )
             ),
             asyncio.create_task(services.backlog.run(engine)),

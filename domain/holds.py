@@ -6,6 +6,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from uuid import UUID
 
+# The principal the expiry sweep submits its voids under (no user has it): its idempotency keys
+# never meet a client's, and the apply knows the void for an expiry.
+EXPIRY_PRINCIPAL = UUID("00000000-0000-7000-8000-00000000e1a0")
+
+
+def expiry_key(hold_id: UUID) -> str:
+    """The idempotency key of the expiry void of a hold: one per hold, however often swept."""
+    return f"hold-expiry:{hold_id}"
+
 
 class HoldStatus(StrEnum):
     OPEN = "open"

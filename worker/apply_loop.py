@@ -12,21 +12,20 @@ import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from domain.apply import NO_HOLDINGS, Applied, apply_batch
-from domain.model import INVESTMENT_TYPES, AccountKind, OperationType
+from domain.apply import NO_HOLDINGS, WORLD_TYPES, Applied, apply_batch
+from domain.model import INVESTMENT_TYPES, AccountKind
 from worker.store.db import is_retryable
 from worker.store.ledger import (
     any_pending,
     ensure_system_accounts,
     load_holdings,
+    load_refs,
     lock_accounts,
     lock_pending_batch,
     write_outcomes,
 )
 
 log = structlog.get_logger(__name__)
-
-_WORLD_TYPES = frozenset({OperationType.DEPOSIT, OperationType.WITHDRAWAL})
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ def apply_next_batch(conn: Connection, partition: int, batch_size: int) -> list[
         world = ensure_system_accounts(
             conn,
             AccountKind.WORLD,
-            (op.currency for op in ops if op.type in _WORLD_TYPES),
+            (op.currency for op in ops if op.type in WORLD_TYPES),
             shard=partition,
             known=_known_world,
         )
@@ -112,7 +111,8 @@ def apply_next_batch(conn: Connection, partition: int, batch_size: int) -> list[
             ensure_system_accounts(conn, AccountKind.CUSTODY, custody, shard=partition)
             balances = lock_accounts(conn, touched)
         holdings = load_holdings(conn, investments, custody) if investments else NO_HOLDINGS
-        outcomes, changed = apply_batch(ops, balances, world, holdings)
+        refs = load_refs(conn, ops)
+        outcomes, changed = apply_batch(ops, balances, world, holdings, refs)
         write_outcomes(conn, batch, outcomes, changed)
     _known_world.update((*world.values(), *custody.values()))
     return [

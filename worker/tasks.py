@@ -23,6 +23,7 @@ from worker.events import publish_completions
 from worker.routing import DRAIN_TASK, SWEEP_TASK
 from worker.settings import Settings, get_settings
 from worker.store.db import make_engine, read_budget
+from worker.store.holds import submit_expiry_voids
 from worker.store.pools import log_budget, worker_pool
 from worker.store.queue import stale_partitions
 
@@ -155,12 +156,16 @@ def _drain(partition: int) -> int:
 
 @app.task(name=SWEEP_TASK, acks_late=True)
 def sweep() -> list[int]:
-    """Ring every partition whose pending operations are older than LEDGERQ_SWEEP_AGE."""
+    """Submit the voids of expired holds, then ring every partition they went to and every one
+    whose pending operations are older than LEDGERQ_SWEEP_AGE."""
     settings = get_settings()
     with resources().engine.connect() as conn:
-        partitions = stale_partitions(conn, settings.sweep_age)
+        expiring = submit_expiry_voids(conn, settings.partitions)
+        partitions = sorted(set(stale_partitions(conn, settings.sweep_age)) | set(expiring))
     for partition in partitions:
         ring(partition)
+    if expiring:
+        log.info("holds_expiring", partitions=expiring)
     if partitions:
         log.info("sweeper_rang", partitions=partitions)
     return partitions

@@ -12,9 +12,11 @@ import sqlalchemy as sa
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection
 
-from domain.apply import Applied, Holdings, Outcome, Rejected
+from domain.apply import NO_REFS, Applied, Holdings, Outcome, Refs, Rejected
+from domain.holds import EXPIRY_PRINCIPAL, Hold, HoldStatus
 from domain.investments import Position
-from domain.model import Account, AccountKind, Operation, OperationType
+from domain.model import Account, AccountKind, Operation, OperationStatus, OperationType
+from domain.reversals import Original
 from worker.store.fast import Compiled
 from worker.store.tables import accounts, assets, positions
 
@@ -57,7 +59,8 @@ def _run(conn: Connection, statement: Compiled, params: Mapping[str, Any]) -> li
 # The row lock also makes a concurrent cancel wait for our commit and then see the final status.
 # What applying an operation reads of it (`_pending`), in both statements that claim operations.
 _PENDING_COLUMNS = (
-    "id, type, account_id, to_account_id, amount, currency, category, asset_id, quantity"
+    "id, type, account_id, to_account_id, amount, currency, category, asset_id, quantity,"
+    " hold_id, expires_in, reversal_of, principal_id"
 )
 
 _LOCKED_PENDING_BATCH = Compiled(
@@ -108,6 +111,10 @@ def _pending(r: Any) -> PendingOperation:
             to_account_id=r.to_account_id,
             asset_id=r.asset_id,
             quantity=r.quantity,
+            hold_id=r.hold_id,
+            expires_in=r.expires_in,
+            expiry=r.principal_id == EXPIRY_PRINCIPAL,
+            reversal_of=r.reversal_of,
         ),
         r.category,
     )
@@ -181,7 +188,9 @@ def ensure_system_accounts(
 _LOCK_ACCOUNTS = Compiled(
     sa.text(
         """
-        SELECT id, kind, currency, balance, overdraft_limit FROM accounts
+        SELECT id, kind, currency, balance, overdraft_limit, held, frozen,
+               closed_at IS NOT NULL AS closed
+        FROM accounts
         WHERE id = ANY(CAST(:ids AS uuid[]))
         ORDER BY id
         FOR NO KEY UPDATE
@@ -204,9 +213,71 @@ def lock_accounts(conn: Connection, account_ids: Iterable[UUID]) -> dict[UUID, A
             currency=r.currency,
             balance=r.balance,
             overdraft_limit=r.overdraft_limit,
+            held=r.held,
+            frozen=r.frozen,
+            closed=r.closed,
         )
         for r in rows
     }
+
+
+# What captures, voids and reversals of a batch refer to. Holds and originals change only in
+# their account's partition, whose lock this transaction holds; the originals are locked anyway
+# (FOR NO KEY UPDATE), so their reversed amount is never written from two places at once.
+_LOAD_HOLDS = Compiled(
+    sa.text(
+        """
+        SELECT id, account_id, to_account_id, currency, amount, captured, released, status,
+               closed_by
+        FROM holds WHERE id = ANY(CAST(:ids AS uuid[]))
+        """
+    )
+)
+_LOAD_ORIGINALS = Compiled(
+    sa.text(
+        """
+        SELECT id, type, status, account_id, to_account_id, amount, reversed_amount
+        FROM operations WHERE id = ANY(CAST(:ids AS uuid[]))
+        ORDER BY id
+        FOR NO KEY UPDATE
+        """
+    )
+)
+
+
+def load_refs(conn: Connection, ops: Sequence[Operation]) -> Refs:
+    """The holds the batch's captures and voids settle, the operations its reversals take back."""
+    hold_ids = sorted({op.hold_id for op in ops if op.hold_id is not None})
+    original_ids = sorted({op.reversal_of for op in ops if op.reversal_of is not None})
+    if not hold_ids and not original_ids:
+        return NO_REFS
+    holds = {
+        r.id: Hold(
+            id=r.id,
+            account_id=r.account_id,
+            to_account_id=r.to_account_id,
+            currency=r.currency,
+            amount=r.amount,
+            captured=r.captured,
+            released=r.released,
+            status=HoldStatus(r.status),
+            closed_by=r.closed_by,
+        )
+        for r in (_run(conn, _LOAD_HOLDS, {"ids": hold_ids}) if hold_ids else [])
+    }
+    originals = {
+        r.id: Original(
+            id=r.id,
+            type=OperationType(r.type),
+            status=OperationStatus(r.status),
+            account_id=r.account_id,
+            to_account_id=r.to_account_id,
+            amount=r.amount,
+            reversed=r.reversed_amount,
+        )
+        for r in (_run(conn, _LOAD_ORIGINALS, {"ids": original_ids}) if original_ids else [])
+    }
+    return Refs(holds=holds, originals=originals)
 
 
 # The batch's writes in one statement (one round trip): balances, entries, positions and
@@ -219,9 +290,40 @@ _WRITE_OUTCOMES = Compiled(
     sa.text(
         """
         WITH balances AS (
-            UPDATE accounts AS a SET balance = v.balance, updated_at = clock_timestamp()
-            FROM unnest(CAST(:balance_ids AS uuid[]), CAST(:balances AS bigint[])) AS v(id, balance)
+            UPDATE accounts AS a
+            SET balance = v.balance, held = v.held, frozen = v.frozen,
+                closed_at = CASE WHEN v.closed THEN COALESCE(a.closed_at, clock_timestamp()) END,
+                updated_at = clock_timestamp()
+            FROM unnest(
+                CAST(:balance_ids AS uuid[]), CAST(:balances AS bigint[]),
+                CAST(:helds AS bigint[]), CAST(:frozens AS boolean[]), CAST(:closeds AS boolean[])
+            ) AS v(id, balance, held, frozen, closed)
             WHERE a.id = v.id
+        ), settled_holds AS (
+            INSERT INTO holds (id, account_id, to_account_id, currency, amount, captured, released,
+                               status, expires_at, created_at, closed_at, closed_by)
+            SELECT v.id, v.account_id, v.to_account_id, v.currency, v.amount, v.captured,
+                   v.released, v.status,
+                   clock_timestamp() + make_interval(secs => COALESCE(v.expires_in, 0)),
+                   clock_timestamp(),
+                   CASE WHEN v.status <> 'open' THEN clock_timestamp() END, v.closed_by
+            FROM unnest(
+                CAST(:hold_ids AS uuid[]), CAST(:hold_accounts AS uuid[]),
+                CAST(:hold_payees AS uuid[]), CAST(:hold_currencies AS text[]),
+                CAST(:hold_amounts AS bigint[]), CAST(:hold_captured AS bigint[]),
+                CAST(:hold_released AS bigint[]), CAST(:hold_statuses AS text[]),
+                CAST(:hold_expires_in AS integer[]), CAST(:hold_closed_by AS uuid[])
+            ) AS v(id, account_id, to_account_id, currency, amount, captured, released, status,
+                   expires_in, closed_by)
+            ON CONFLICT (id) DO UPDATE
+            SET captured = EXCLUDED.captured, released = EXCLUDED.released,
+                status = EXCLUDED.status, closed_at = EXCLUDED.closed_at,
+                closed_by = EXCLUDED.closed_by
+        ), reversed AS (
+            UPDATE operations AS o SET reversed_amount = v.total, updated_at = clock_timestamp()
+            FROM unnest(CAST(:reversed_ids AS uuid[]), CAST(:reversed_totals AS bigint[]))
+                AS v(id, total)
+            WHERE o.id = v.id
         ), new_entries AS (
             INSERT INTO entries
                 (account_id, operation_id, amount, balance_after, currency, category, created_at)
@@ -305,7 +407,8 @@ def write_outcomes(
     outcomes: Sequence[Outcome],
     changed: dict[UUID, Account],
 ) -> None:
-    """One statement for the whole batch, whatever its size: balances, entries, positions, statuses."""
+    """One statement for the whole batch, whatever its size: balances (and holds, controls),
+    entries, positions, holds, reversed totals, statuses."""
     balance_ids = sorted(changed)
     by_id = {p.operation.id: p for p in batch}
     entry_rows: list[tuple[UUID, UUID, int, int, str, str | None]] = []
@@ -325,14 +428,32 @@ def write_outcomes(
                 )
     entries = [list(column) for column in zip(*entry_rows, strict=True)] or [[]] * 6
     moves = [o.position if isinstance(o, Applied) else None for o in outcomes]
-    # The last move of each position in the batch is its final state.
+    # The last move of each position in the batch is its final state; so for holds and reversals.
     latest = list({(m.account_id, m.asset_id): m for m in moves if m is not None}.values())
+    applied = [o for o in outcomes if isinstance(o, Applied)]
+    held = list({o.hold.id: o.hold for o in applied if o.hold is not None}.values())
+    reversed_totals = dict(o.reversed for o in applied if o.reversed is not None)
     _run(
         conn,
         _WRITE_OUTCOMES,
         {
             "balance_ids": balance_ids,
             "balances": [changed[i].balance for i in balance_ids],
+            "helds": [changed[i].held for i in balance_ids],
+            "frozens": [changed[i].frozen for i in balance_ids],
+            "closeds": [changed[i].closed for i in balance_ids],
+            "hold_ids": [h.id for h in held],
+            "hold_accounts": [h.account_id for h in held],
+            "hold_payees": [h.to_account_id for h in held],
+            "hold_currencies": [h.currency for h in held],
+            "hold_amounts": [h.amount for h in held],
+            "hold_captured": [h.captured for h in held],
+            "hold_released": [h.released for h in held],
+            "hold_statuses": [h.status.value for h in held],
+            "hold_expires_in": [h.expires_in for h in held],
+            "hold_closed_by": [h.closed_by for h in held],
+            "reversed_ids": list(reversed_totals),
+            "reversed_totals": list(reversed_totals.values()),
             "entry_accounts": entries[0],
             "entry_operations": entries[1],
             "entry_amounts": entries[2],
@@ -347,8 +468,12 @@ def write_outcomes(
             "statuses": ["succeeded" if isinstance(o, Applied) else "failed" for o in outcomes],
             "error_codes": [o.code if isinstance(o, Rejected) else None for o in outcomes],
             "error_messages": [o.message if isinstance(o, Rejected) else None for o in outcomes],
-            # Investments settle their cash and units at apply time; other operations keep theirs.
-            "amounts": [m.cash if m else None for m in moves],
+            # Investments settle their cash and units at apply time, a reversal of "the rest" its
+            # amount; other operations keep theirs.
+            "amounts": [
+                m.cash if m else (o.amount if isinstance(o, Applied) else None)
+                for m, o in zip(moves, outcomes, strict=True)
+            ],
             "quantities": [abs(m.units_delta) if m else None for m in moves],
             "prices": [m.price if m else None for m in moves],
         },

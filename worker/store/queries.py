@@ -630,9 +630,13 @@ def _judge_requests(
 
 
 _ACCOUNTS_BY_IDS = Compiled(
-    sa.select(accounts.c.id, accounts.c.owner_id, accounts.c.kind, accounts.c.currency).where(
-        accounts.c.id == sa.func.any(sa.bindparam("ids", type_=ARRAY(PGUUID(as_uuid=True))))
-    )
+    sa.select(
+        accounts.c.id,
+        accounts.c.owner_id,
+        accounts.c.kind,
+        accounts.c.currency,
+        accounts.c.closed_at,
+    ).where(accounts.c.id == sa.func.any(sa.bindparam("ids", type_=ARRAY(PGUUID(as_uuid=True)))))
 )
 _ASSET_CURRENCIES = Compiled(
     sa.select(assets.c.id, assets.c.currency).where(
