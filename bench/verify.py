@@ -1,4 +1,6 @@
-"""Ledger verification after a run: terminal states, conservation, balances = entries, floors, applied once."""
+"""Ledger verification after a run: terminal states, conservation, balances = entries, floors,
+held = open holds, holds settled, reversed amounts, applied once. A failed check names a few
+offending ids."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from sqlalchemy import Connection, Engine
 
 from worker.store import bench as store
-from worker.store.bench import Scope
+from worker.store.bench import Offenders, Scope
 
 
 @dataclass(frozen=True)
@@ -54,35 +56,83 @@ def check_conservation(conn: Connection) -> Check:
     return Check("per currency, balances sum to 0", not off, detail or "no accounts")
 
 
+def _detail(found: Offenders, what: str, total: int | None = None) -> str:
+    """The count ("0 of 10,001 accounts differ") and the first offending ids, if any."""
+    of = f" of {total:,}" if total is not None else ""
+    detail = f"{found.count:,}{of} {what}"
+    if found.sample:
+        more = ", ..." if found.count > len(found.sample) else ""
+        detail += f", e.g. {', '.join(found.sample)}{more}"
+    return detail
+
+
+def _check(name: str, found: Offenders, what: str, total: int | None = None) -> Check:
+    return Check(name, found.count == 0, _detail(found, what, total))
+
+
 def check_balances_match_entries(conn: Connection) -> Check:
-    accounts_total = store.account_count(conn)
-    mismatched = store.balances_off_entries(conn)
-    return Check(
+    return _check(
         "every balance = sum of its entries",
-        mismatched == 0,
-        f"{mismatched:,} of {accounts_total:,} accounts differ",
+        store.balances_off_entries(conn),
+        "accounts differ",
+        store.account_count(conn),
     )
 
 
 def check_floors(conn: Connection) -> Check:
-    below = store.below_floor(conn)
-    return Check("no customer account below its floor", below == 0, f"{below:,} below")
+    return _check(
+        "no customer account below its floor",
+        store.below_floor(conn),
+        "below (balance - held < -overdraft_limit)",
+    )
+
+
+def check_held(conn: Connection) -> Check:
+    return _check(
+        "every account's held = its open holds' total",
+        store.held_off_open_holds(conn),
+        "accounts differ",
+    )
+
+
+def check_holds_applied(conn: Connection) -> Check:
+    return _check(
+        "every hold is a succeeded hold operation",
+        store.holds_without_applied_hold(conn),
+        "holds without one",
+    )
+
+
+def check_holds_settled(conn: Connection) -> Check:
+    return _check(
+        "holds: captured + released = amount when closed (by one capture or void), 0 when open",
+        store.holds_settled_wrongly(conn),
+        "holds differ",
+    )
+
+
+def check_reversed_amounts(conn: Connection) -> Check:
+    return _check(
+        "reversed_amount <= amount and = its succeeded reversals' total",
+        store.reversed_amounts_off(conn),
+        "operations differ",
+    )
 
 
 def check_applied_once(conn: Connection, scope: Scope) -> Check:
-    bad = store.applied_other_than_once(conn, scope)
-    return Check(
-        "succeeded = exactly 2 entries summing to 0, others none",
-        bad == 0,
-        f"{bad:,} operations differ",
+    return _check(
+        "succeeded = exactly 2 entries summing to 0 (holds, voids, controls: none), others none",
+        store.applied_other_than_once(conn, scope),
+        "operations differ",
     )
 
 
 def verify(engine: Engine, scope: Scope, expected: int | None = None) -> Verification:
     """Run every check in one REPEATABLE READ snapshot, so they all see the same ledger.
 
-    `scope` limits the per-operation checks to the run's operations; conservation, balances and
-    floors are checked over the whole database (money moves through shared world accounts).
+    `scope` limits the applied-once check to the run's operations; conservation, balances, floors,
+    holds and reversed amounts are checked over the whole database (money moves through shared
+    world accounts, and a hold or reversal may refer to an operation of another run).
     """
     with store.snapshot(engine) as conn:
         return Verification(
@@ -91,6 +141,10 @@ def verify(engine: Engine, scope: Scope, expected: int | None = None) -> Verific
                 check_conservation(conn),
                 check_balances_match_entries(conn),
                 check_floors(conn),
+                check_held(conn),
+                check_holds_applied(conn),
+                check_holds_settled(conn),
+                check_reversed_amounts(conn),
                 check_applied_once(conn, scope),
             ]
         )

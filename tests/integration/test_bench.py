@@ -18,15 +18,18 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from tests.integration.support import ROOT
+from tests.integration.support import ROOT, LedgerClient
 from worker.metrics import BATCH_BUCKETS, BATCH_FIELDS, BATCH_OVERFLOW
-from worker.store.tables import operations, users
+from worker.store.tables import accounts, operations, users
 
 pytestmark = pytest.mark.integration
 
 
-def bench(service_env: dict[str, str], tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
-    """Run the real command in a child process; return its JSON report and its output."""
+def bench(
+    service_env: dict[str, str], tmp_path: Path, *args: str, status: int = 0
+) -> tuple[dict[str, Any], str]:
+    """Run the real command in a child process (expecting exit `status`); return its JSON report
+    and its output."""
     report = tmp_path / "report.json"
     proc = subprocess.run(
         [sys.executable, "-m", "cli", "bench", *args, "--json", str(report)],
@@ -37,7 +40,7 @@ def bench(service_env: dict[str, str], tmp_path: Path, *args: str) -> tuple[dict
         timeout=170,
     )
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
+    assert proc.returncode == status, output[-4000:]
     return json.loads(report.read_text()), output
 
 
@@ -166,3 +169,78 @@ def test_verify_checks_the_whole_ledger(
     report, output = bench(service_env, tmp_path, "verify", "--settle-timeout", "60")
     assert_verified(report)
     assert "PASS" in output
+
+
+def failed_checks(report: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["detail"] for c in report["verification"]["checks"] if not c["passed"]}
+
+
+async def test_verify_checks_holds_and_reversals_and_names_a_corrupted_row(
+    alice: LedgerClient,
+    bob: LedgerClient,
+    api_url: str,
+    engine: Engine,
+    service_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    a = await alice.create_account("USD")
+    b = await bob.create_account("USD")
+    await alice.deposit(a, "100.00")
+
+    async def done(client: LedgerClient, body: dict[str, Any]) -> dict[str, Any]:
+        result = await client.wait(await client.submit_ok(body))
+        assert result["status"] == "succeeded", result
+        return result
+
+    captured = await done(alice, {"type": "hold", "account_id": a, "amount": "60.00",
+                                  "to_account_id": b, "expires_in": 3600})  # fmt: skip
+    voided = await done(alice, {"type": "hold", "account_id": a, "amount": "10.00"})
+    await done(alice, {"type": "hold", "account_id": a, "amount": "5.00", "expires_in": 3600})
+    capture = await done(alice, {"type": "capture", "hold_id": captured["id"], "amount": "25.00"})
+    await done(alice, {"type": "void", "hold_id": voided["id"]})
+    # The payee gives part of the capture back.
+    await done(bob, {"type": "reversal", "operation_id": capture["id"], "amount": "5.00"})
+    account = await alice.account(a)
+    assert (account["balance"], account["held_balance"]) == ("80.00", "5.00")
+
+    report, output = bench(service_env, tmp_path, "verify", "--settle-timeout", "60")
+    assert_verified(report)
+    names = {c["name"] for c in report["verification"]["checks"]}
+    held_check = "every account's held = its open holds' total"
+    reversed_check = "reversed_amount <= amount and = its succeeded reversals' total"
+    assert {held_check, reversed_check} <= names
+
+    # accounts.held one cent off: verify fails, names the check and the account, exits 1.
+    with engine.begin() as conn:
+        conn.execute(accounts.update().where(accounts.c.id == a).values(held=accounts.c.held + 1))
+    try:
+        report, output = bench(service_env, tmp_path, "verify", "--settle-timeout", "60", status=1)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                accounts.update().where(accounts.c.id == a).values(held=accounts.c.held - 1)
+            )
+    failed = failed_checks(report)
+    assert set(failed) == {held_check}, failed
+    assert failed[held_check].startswith("1 accounts differ, e.g. ") and a in failed[held_check]
+    assert "FAIL" in output
+
+    # The capture's reversed amount forgotten: the reversal check names the capture.
+    capture_id = capture["id"]
+    with engine.begin() as conn:
+        conn.execute(
+            operations.update().where(operations.c.id == capture_id).values(reversed_amount=0)
+        )
+    try:
+        report, output = bench(service_env, tmp_path, "verify", "--settle-timeout", "60", status=1)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                operations.update().where(operations.c.id == capture_id).values(reversed_amount=500)
+            )
+    failed = failed_checks(report)
+    assert set(failed) == {reversed_check}, failed
+    assert capture_id in failed[reversed_check]
+
+    report, _ = bench(service_env, tmp_path, "verify", "--settle-timeout", "60")
+    assert_verified(report)

@@ -286,53 +286,147 @@ def account_count(conn: Connection) -> int:
     return int(conn.execute(sa.select(sa.func.count()).select_from(accounts)).scalar_one())
 
 
-_MISMATCHED = sa.text(
-    """
-    SELECT count(*) FROM accounts a
-    LEFT JOIN (SELECT account_id, sum(amount) AS total FROM entries GROUP BY account_id) e
-        ON e.account_id = a.id
-    WHERE a.balance <> COALESCE(e.total, 0)
-    """
-)
+# How many offending ids a check names (the count is always the full one).
+SAMPLE = 5
 
 
-def balances_off_entries(conn: Connection) -> int:
+@dataclass(frozen=True, slots=True)
+class Offenders:
+    """What a check found wrong: how many rows, and the first few ids (in id order)."""
+
+    count: int
+    sample: tuple[str, ...] = ()
+
+
+_SAMPLED = "SELECT bad.id::text, count(*) OVER () FROM ({bad}) AS bad ORDER BY bad.id LIMIT :sample"
+
+
+def _offenders(conn: Connection, bad: str, params: dict[str, object] | None = None) -> Offenders:
+    """`bad` selects one `id` column per offending row; count them all, name the first few."""
+    query = sa.text(_SAMPLED.format(bad=bad))
+    rows = conn.execute(query, {**(params or {}), "sample": SAMPLE}).all()
+    return Offenders(int(rows[0][1]), tuple(r[0] for r in rows)) if rows else Offenders(0)
+
+
+def balances_off_entries(conn: Connection) -> Offenders:
     """Accounts whose balance is not the sum of their entries."""
-    return int(conn.execute(_MISMATCHED).scalar_one())
-
-
-def below_floor(conn: Connection) -> int:
-    """Customer accounts below -overdraft_limit."""
-    return int(
-        conn.execute(
-            sa.select(sa.func.count())
-            .select_from(accounts)
-            .where(
-                accounts.c.kind.in_(["checking", "savings"]),
-                accounts.c.balance < -accounts.c.overdraft_limit,
-            )
-        ).scalar_one()
+    return _offenders(
+        conn,
+        """
+        SELECT a.id FROM accounts a
+        LEFT JOIN (SELECT account_id, sum(amount) AS total FROM entries GROUP BY account_id) e
+            ON e.account_id = a.id
+        WHERE a.balance <> COALESCE(e.total, 0)
+        """,
     )
 
 
+_CUSTOMER = "('checking', 'savings')"
+
+
+def below_floor(conn: Connection) -> Offenders:
+    """Customer accounts whose balance less their holds is below -overdraft_limit."""
+    return _offenders(
+        conn,
+        f"""
+        SELECT id FROM accounts
+        WHERE kind IN {_CUSTOMER} AND balance - held < -overdraft_limit
+        """,  # noqa: S608 (a constant list)
+    )
+
+
+def held_off_open_holds(conn: Connection) -> Offenders:
+    """Accounts whose `held` is not the total of their open holds (system accounts have none, so
+    theirs must be 0)."""
+    return _offenders(
+        conn,
+        """
+        SELECT a.id FROM accounts a
+        LEFT JOIN (
+            SELECT account_id, sum(amount) AS total FROM holds WHERE status = 'open'
+            GROUP BY account_id
+        ) h ON h.account_id = a.id
+        WHERE a.held <> COALESCE(h.total, 0)
+        """,
+    )
+
+
+def holds_without_applied_hold(conn: Connection) -> Offenders:
+    """Holds whose operation is not a succeeded hold of the same account and amount (a hold row is
+    written only when its hold applies; an open one reserves money nobody was granted)."""
+    return _offenders(
+        conn,
+        """
+        SELECT h.id FROM holds h LEFT JOIN operations o ON o.id = h.id
+        WHERE o.id IS NULL OR o.type <> 'hold' OR o.status <> 'succeeded'
+           OR o.account_id <> h.account_id OR o.amount <> h.amount
+        """,
+    )
+
+
+def holds_settled_wrongly(conn: Connection) -> Offenders:
+    """Holds whose amounts do not add up: open with captured + released <> 0 or with a succeeded
+    capture or void; closed with captured + released <> amount, or not by exactly one succeeded
+    capture or void of it, or with `captured` other than that capture's amount."""
+    return _offenders(
+        conn,
+        """
+        SELECT h.id FROM holds h
+        LEFT JOIN (
+            SELECT hold_id, count(*) AS n,
+                   COALESCE(sum(amount) FILTER (WHERE type = 'capture'), 0) AS captured
+            FROM operations
+            WHERE hold_id IS NOT NULL AND status = 'succeeded' AND type IN ('capture', 'void')
+            GROUP BY hold_id
+        ) s ON s.hold_id = h.id
+        WHERE (h.status = 'open' AND (h.captured + h.released <> 0 OR s.n IS NOT NULL))
+           OR (h.status <> 'open' AND (h.captured + h.released <> h.amount
+                                       OR COALESCE(s.n, 0) <> 1
+                                       OR h.captured <> COALESCE(s.captured, 0)))
+        """,
+    )
+
+
+def reversed_amounts_off(conn: Connection) -> Offenders:
+    """Operations whose reversed_amount exceeds their amount or is not the sum of the amounts of
+    their succeeded reversals."""
+    return _offenders(
+        conn,
+        """
+        SELECT o.id FROM operations o
+        LEFT JOIN (
+            SELECT reversal_of, sum(amount) AS total FROM operations
+            WHERE reversal_of IS NOT NULL AND type = 'reversal' AND status = 'succeeded'
+            GROUP BY reversal_of
+        ) r ON r.reversal_of = o.id
+        WHERE o.reversed_amount > o.amount OR o.reversed_amount <> COALESCE(r.total, 0)
+        """,
+    )
+
+
+# Succeeded operations of these types book no entries: a hold and a void change `held` only,
+# account controls move no money. Every other succeeded operation books exactly two.
+NO_ENTRY_TYPES = ("hold", "void", "freeze", "unfreeze", "close")
+
 _APPLIED_OTHER_THAN_ONCE = """
-    SELECT count(*) FROM (
-        SELECT o.id FROM operations o LEFT JOIN entries e ON e.operation_id = o.id
-        WHERE {where}
-        GROUP BY o.id, o.status
-        HAVING (o.status = 'succeeded' AND (count(e.id) <> 2 OR COALESCE(sum(e.amount), 0) <> 0))
-            OR (o.status <> 'succeeded' AND count(e.id) <> 0)
-    ) AS bad
+    SELECT o.id FROM operations o LEFT JOIN entries e ON e.operation_id = o.id
+    WHERE {where}
+    GROUP BY o.id, o.status, o.type
+    HAVING (o.status = 'succeeded' AND o.type NOT IN {no_entry}
+            AND (count(e.id) <> 2 OR COALESCE(sum(e.amount), 0) <> 0))
+        OR ((o.status <> 'succeeded' OR o.type IN {no_entry}) AND count(e.id) <> 0)
 """
 
 
-def applied_other_than_once(conn: Connection, scope: Scope) -> int:
+def applied_other_than_once(conn: Connection, scope: Scope) -> Offenders:
     """Operations of the scope (principal and seq mark) that succeeded without exactly two
-    entries summing to 0, or did not succeed and have entries."""
+    entries summing to 0 (none for holds, voids and account controls), or did not succeed and
+    have entries."""
     clauses = ["o.seq > :after_seq"]
     params: dict[str, object] = {"after_seq": scope.after_seq}
     if scope.principal_id is not None:
         clauses.append("o.principal_id = :principal_id")
         params["principal_id"] = scope.principal_id
-    query = sa.text(_APPLIED_OTHER_THAN_ONCE.format(where=" AND ".join(clauses)))
-    return int(conn.execute(query, params).scalar_one())
+    no_entry = "(" + ", ".join(f"'{t}'" for t in NO_ENTRY_TYPES) + ")"
+    query = _APPLIED_OTHER_THAN_ONCE.format(where=" AND ".join(clauses), no_entry=no_entry)
+    return _offenders(conn, query, params)
