@@ -416,8 +416,6 @@ async def submit(
     settings = services.settings
     caller = current_principal()
     api_key_id = caller.api_key_id if caller is not None and caller.id == principal_id else None
-    # The admin (master key) may reverse on any customer account: refunds and chargebacks.
-    admin_reverses = caller is not None and caller.is_admin
     limits = None if admin else default_limits(settings)
     ref_ids = {
         i for s in submissions for i in (s.request.hold_id, s.request.operation_id) if i is not None
@@ -446,7 +444,7 @@ async def submit(
             context,
             limits=limits,
             api_key_id=api_key_id,
-            admin=admin or (admin_reverses and s.request.type == "reversal"),
+            admin=admin,
         )
         outcomes.append(prepared)
     outcomes = await _hold_back(services, outcomes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 from uuid import UUID
 
@@ -30,6 +30,21 @@ from worker.store import queries
 log = structlog.get_logger(__name__)
 
 OPERATIONS = Keyset.by_number("operation", "seq")
+
+
+def metadata_filter(params: Iterable[tuple[str, str]]) -> tuple[str, str] | None:
+    """The one `metadata[key]=value` pair of a listing's query, if any."""
+    pairs = []
+    for name, value in params:
+        if name == "metadata" or (name.startswith("metadata[") and not name.endswith("]")):
+            raise ApiError(
+                422, "validation_error", "filter on metadata as metadata[key]=value", field=name
+            )
+        if name.startswith("metadata["):
+            pairs.append((name[len("metadata[") : -1], value))
+    if len(pairs) > 1:
+        raise ApiError(422, "validation_error", "one metadata pair per listing", field="metadata")
+    return pairs[0] if pairs else None
 
 
 def operation_not_found() -> ApiError:
@@ -92,9 +107,11 @@ class OperationController(Controller):
         account_id: UUID | None = None,
         status: Literal["pending", "succeeded", "failed", "cancelled"] | None = None,
     ) -> OperationPage:
-        """Operations you submitted, newest first; filter by account (debited or credited) and status."""
+        """Operations you submitted, newest first; filter by account (debited or credited), status,
+        and one metadata pair: `?metadata[order_id]=A-1042`."""
         services = services_of(request.app)
         principal_id = request.user.id
+        pair = metadata_filter(request.query_params.multi_items())
 
         async def fetch(before: int | None, n: int) -> Sequence[queries.Record]:
             async with services.reads.connect() as conn:
@@ -104,7 +121,13 @@ class OperationController(Controller):
                 ):
                     raise ApiError(404, "account_not_found", "No such account.", field="account_id")
                 return await queries.operations_for_principal(
-                    conn, principal_id, before, n, account_id=account_id, status=status
+                    conn,
+                    principal_id,
+                    before,
+                    n,
+                    account_id=account_id,
+                    status=status,
+                    metadata=pair,
                 )
 
         return await page(OPERATIONS, cursor, limit, fetch, operation_out)

@@ -290,6 +290,10 @@ def entry_counts(engine: Engine, ids: list[UUID]) -> dict[UUID, int]:
     return {r[0]: r[1] for r in rows}
 
 
+# Succeeded operations that move no money, so write no entry.
+NO_ENTRY_TYPES = "('hold', 'void', 'freeze', 'unfreeze', 'close')"
+
+
 def assert_ledger_consistent(engine: Engine) -> None:
     """The ledger invariants (docs/architecture.md), over the whole database."""
     with engine.connect() as conn:
@@ -312,17 +316,44 @@ def assert_ledger_consistent(engine: Engine) -> None:
         negative = conn.execute(
             sa.select(accounts.c.id, accounts.c.balance).where(
                 accounts.c.kind.in_(["checking", "savings"]),
-                accounts.c.balance < -accounts.c.overdraft_limit,
+                accounts.c.balance - accounts.c.held < -accounts.c.overdraft_limit,
             )
         ).all()
         assert negative == [], f"customer accounts below their floor: {negative}"
-        per_operation = conn.execute(
+        held = conn.execute(
             sa.text(
                 """
+                SELECT a.id, a.held, COALESCE(SUM(h.amount) FILTER (WHERE h.status = 'open'), 0)
+                FROM accounts a LEFT JOIN holds h ON h.account_id = a.id
+                GROUP BY a.id
+                HAVING a.held <> COALESCE(SUM(h.amount) FILTER (WHERE h.status = 'open'), 0)
+                """
+            )
+        ).all()
+        assert held == [], f"held amounts differ from the open holds: {held[:5]}"
+        over_reversed = conn.execute(
+            sa.text(
+                """
+                SELECT o.id, o.amount, o.reversed_amount, COALESCE(SUM(r.amount), 0)
+                FROM operations o
+                LEFT JOIN operations r ON r.reversal_of = o.id AND r.status = 'succeeded'
+                GROUP BY o.id
+                HAVING o.reversed_amount <> COALESCE(SUM(r.amount), 0)
+                    OR o.reversed_amount > o.amount
+                """
+            )
+        ).all()
+        assert over_reversed == [], f"reversed amounts wrong: {over_reversed[:5]}"
+        per_operation = conn.execute(
+            sa.text(
+                f"""
                 SELECT o.id, o.status, COUNT(e.id) AS n, COALESCE(SUM(e.amount), 0) AS total
                 FROM operations o LEFT JOIN entries e ON e.operation_id = o.id
                 GROUP BY o.id, o.status
-                HAVING (o.status = 'succeeded' AND (COUNT(e.id) <> 2 OR SUM(e.amount) <> 0))
+                HAVING (o.status = 'succeeded' AND o.type IN {NO_ENTRY_TYPES}
+                        AND COUNT(e.id) <> 0)
+                    OR (o.status = 'succeeded' AND o.type NOT IN {NO_ENTRY_TYPES}
+                        AND (COUNT(e.id) <> 2 OR SUM(e.amount) <> 0))
                     OR (o.status <> 'succeeded' AND COUNT(e.id) <> 0)
                 """
             )
