@@ -131,7 +131,7 @@ async def test_void_releases_and_a_capture_without_payee_leaves_the_ledger(
 
 async def test_shapes_are_checked_at_submit(alice: LedgerClient) -> None:
     a = await alice.create_account("USD")
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"type": "capture", "account_id": a, "hold_id": a}, "account_id"),
         ({"type": "capture"}, "hold_id"),
         ({"type": "void", "hold_id": a, "amount": "1.00"}, "amount"),
