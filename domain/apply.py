@@ -283,6 +283,8 @@ def _apply_reversal(
     capture, the other way round; the reversals of one operation never sum past it."""
     if op.reversal_of is None:
         raise ValueError(f"operation {op.id}: a reversal needs reversal_of")
+    if op.amount < 0:
+        raise ValueError(f"operation {op.id}: amount must be >= 0 (0: the rest), got {op.amount}")
     original = refs.originals.get(op.reversal_of)
     if original is None or not original.reversible:
         return _reject(op, NOT_REVERSIBLE, f"operation {op.reversal_of} cannot be reversed")
