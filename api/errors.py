@@ -204,8 +204,16 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 ROUTE_PROBLEMS: dict[str, set[int]] = {
     "register": {409},
     "cancelOperation": {409},
-    "submitOperation": {503},
-    "submitOperationBatch": {503},
+    # 409 account_closed; 503 backlog_full.
+    "submitOperation": {409, 503},
+    "submitOperationBatch": {409, 503},
+    "createAccount": {503},
+    "updateAccount": {409},
+    "closeAccount": {409, 503},
+    "adminUpdateAccount": {409},
+    "freezeAccount": {409, 503},
+    "unfreezeAccount": {409, 503},
+    "adminReversal": {409, 503},
     "createAsset": {409},
     "listQueues": {503},
 }
