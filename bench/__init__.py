@@ -21,6 +21,9 @@ class BenchError(Exception):
     """The bench cannot run as asked (target unreachable, bad credentials, missing URL)."""
 
 
+# The drain's mixes (bench.workloads.DRAIN_MIXES; kept here so `ledgerq --help` imports nothing).
+DRAIN_MIXES = ("ordinary", "holds")
+
 WORKLOADS = ("spread", "hot", "transfers", "mixed", "read", "drain", "verify")
 
 # Accounts per workload when --accounts is not given: hot is one account by definition.
@@ -42,6 +45,7 @@ examples:
   ledgerq bench hot --rate 0 --concurrency 64          # closed loop: as fast as it goes
   ledgerq bench hot --accounts 10 --rate 2000
   ledgerq bench drain --ops 100000 --baseline          # batched workers vs one transaction per op
+  ledgerq bench drain --ops 20000 --mix holds          # a third of them holds and captures
   ledgerq bench spread --duration 0 --write-accounts accounts.txt   # setup only, for wrk
   ledgerq bench verify                                 # wait for pending work, check the ledger
 
@@ -151,6 +155,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="drain: also apply the same operations the classic way (one transaction per "
         "operation, --concurrency threads) and report both rates",
+    )
+    load.add_argument(
+        "--mix",
+        choices=DRAIN_MIXES,
+        default="ordinary",
+        help="drain: what to prefill: ordinary (deposits and withdrawals, 50/50) or holds (a "
+        "third holds and captures of those holds, the rest as ordinary) (default ordinary)",
     )
     load.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     load.add_argument(

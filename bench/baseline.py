@@ -35,6 +35,7 @@ from worker.store.db import is_retryable
 from worker.store.ledger import (
     claim_pending,
     ensure_system_accounts,
+    load_refs,
     lock_accounts,
     world_account_id,
     write_outcomes,
@@ -67,7 +68,9 @@ def apply_one(conn: Connection, operation_id: UUID) -> str:
     op = pending.operation
     world = {op.currency: world_account_id(op.currency, partition)}
     balances = lock_accounts(conn, {op.account_id, op.to_account_id or world[op.currency]})
-    outcome, changed = apply_operation(op, balances, world)
+    # A capture's hold (its partition is its account's; the row is locked above, with it).
+    refs = load_refs(conn, [op])
+    outcome, changed = apply_operation(op, balances, world, refs=refs)
     write_outcomes(conn, [pending], [outcome], changed)
     return "succeeded" if isinstance(outcome, Applied) else outcome.code
 
@@ -105,14 +108,36 @@ def prepare_world(engine: Engine, partitions: Sequence[int], currency: str) -> N
             ensure_system_accounts(conn, AccountKind.WORLD, [currency], shard=partition)
 
 
-def run_baseline(engine: Engine, ids: Sequence[UUID], threads: int, progress: Progress) -> float:
-    """Apply the operations with `threads` threads (thread k takes ids k, k+threads, ...); seconds taken.
+def lanes(
+    ids: Sequence[UUID], threads: int, keys: Sequence[UUID] | None = None
+) -> list[list[UUID]]:
+    """Each thread's operations, in order: thread k takes ids k, k+threads, ...; with `keys` (an
+    account per operation), every operation of one account goes to the same thread, in order, so
+    a capture never runs before its hold."""
+    if keys is None:
+        return [list(ids[k::threads]) for k in range(threads)]
+    lanes: list[list[UUID]] = [[] for _ in range(threads)]
+    for operation_id, key in zip(ids, keys, strict=True):
+        lanes[key.int % threads].append(operation_id)
+    return lanes
+
+
+def run_baseline(
+    engine: Engine,
+    ids: Sequence[UUID],
+    threads: int,
+    progress: Progress,
+    keys: Sequence[UUID] | None = None,
+) -> float:
+    """Apply the operations with `threads` threads (split by `lanes`); seconds taken.
 
     The engine's pool must hold `threads` connections.
     """
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="baseline") as pool:
-        futures = [pool.submit(_thread, engine, ids[k::threads], progress) for k in range(threads)]
+        futures = [
+            pool.submit(_thread, engine, lane, progress) for lane in lanes(ids, threads, keys)
+        ]
         for future in futures:
             future.result()
     return time.perf_counter() - started

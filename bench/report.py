@@ -63,6 +63,8 @@ def _drain_rows(table: Table, report: dict[str, Any]) -> None:
         f"{prefill['operations']:,} pending operations in one transaction, "
         f"{prefill['seconds']:.1f} s ({prefill['rows_per_s']:,.0f} rows/s)",
     )
+    if prefill.get("types"):
+        table.add_row(f"  mix {prefill.get('mix', 'ordinary')}", _counts(prefill["types"]))
     table.add_row(
         "batched workers",
         f"[bold]{_rate(drain['rate'])}[/] ({drain['applied']:,} in {drain['elapsed_s']:.2f} s "

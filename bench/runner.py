@@ -10,6 +10,7 @@ import random
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,6 +115,8 @@ def _check(args: argparse.Namespace) -> None:
         )
     if args.baseline and args.workload != "drain":
         raise BenchError("--baseline goes with the drain workload")
+    if args.mix != "ordinary" and args.workload != "drain":
+        raise BenchError("--mix goes with the drain workload")
     if args.accounts is not None and args.accounts < 1:
         raise BenchError("--accounts must be at least 1")
     if args.workload in ("transfers", "mixed") and (args.accounts or 2) < 2:
@@ -174,7 +177,17 @@ def _dispatch(args: argparse.Namespace, engine: Engine) -> dict[str, Any]:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    keep = ("duration", "concurrency", "rate", "accounts", "batch", "ops", "baseline", "seed")
+    keep = (
+        "duration",
+        "concurrency",
+        "rate",
+        "accounts",
+        "batch",
+        "ops",
+        "baseline",
+        "mix",
+        "seed",
+    )
     options = {k: getattr(args, k) for k in keep}
     options["accounts"] = _accounts(args)
     options["concurrency"] = args.concurrency or (
@@ -370,7 +383,7 @@ def _drain(
         args.partitions,
     )  # fmt: skip
     _write_accounts(args.write_accounts, setup.accounts)
-    specs = drain_specs(_rng(args), setup.accounts, args.ops)
+    specs = drain_specs(_rng(args), setup.accounts, args.ops, args.mix)
     sampler = Sampler(_target(args))
     result: dict[str, Any] = {"setup": _setup_report(setup)}
 
@@ -386,6 +399,8 @@ def _drain(
     _watch_drain(engine, scope, args.ops, filled.committed_at, args.settle_timeout, notes)
     batched = store.operation_times(engine, scope)
     result["prefill"] = {
+        "mix": args.mix,
+        "types": dict(sorted(Counter(spec.type for spec in specs).items())),
         "operations": filled.count,
         "seconds": round(filled.seconds, 2),
         "rows_per_s": round(filled.count / filled.seconds, 0) if filled.seconds else None,
@@ -450,7 +465,11 @@ def _baseline(
         console.print(f"baseline: prefilling the same {len(specs):,} operations again ...")
         filled = prefill(engine, setup.principal_id, specs, f"{run_id}-b-", args.partitions)
         start = store.db_clock(engine)
-        elapsed = _baseline_with_progress(engine, filled.ids, threads, progress)
+        # Captures after their holds: one thread per account (plain deposits need no order).
+        keys = (
+            [spec.account_id for spec in specs] if any(s.hold is not None for s in specs) else None
+        )
+        elapsed = _baseline_with_progress(engine, filled.ids, threads, progress, keys)
     if progress.taken_by_workers:
         notes.append(
             f"baseline: {progress.taken_by_workers:,} operations were applied by the workers "
@@ -478,14 +497,18 @@ def _baseline(
 
 
 def _baseline_with_progress(
-    engine: Engine, ids: list[UUID], threads: int, progress: BaselineProgress
+    engine: Engine,
+    ids: list[UUID],
+    threads: int,
+    progress: BaselineProgress,
+    keys: list[UUID] | None = None,
 ) -> float:
     """Run the baseline threads from a helper thread while this one draws the progress bar."""
     outcome: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            outcome["seconds"] = run_baseline(engine, ids, threads, progress)
+            outcome["seconds"] = run_baseline(engine, ids, threads, progress, keys)
         except BaseException as exc:  # re-raised below, in the main thread
             outcome["error"] = exc
 

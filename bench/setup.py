@@ -19,6 +19,7 @@ from domain.idempotency import request_fingerprint
 from worker.routing import partition_for
 from worker.store import bench as store
 from worker.store.bench import PendingRow, Scope
+from worker.store.queries import new_id
 
 # Each account starts with 1,000,000.00 USD: withdrawals (up to 50.00) and transfers (up to 10.00)
 # then succeed for the whole run, so the bench measures applying, not insufficient_funds.
@@ -191,14 +192,12 @@ class Prefill:
     ids: list[UUID]
 
 
-def prefill(
-    engine: Engine, principal_id: UUID, specs: Sequence[OpSpec], key_prefix: str, partitions: int
-) -> Prefill:
-    """Store the operations as pending in ONE transaction with COPY, so none is visible before the commit.
-
-    Nothing is rung: the caller decides who applies them (the workers, or the baseline).
-    """
-    started = time.perf_counter()
+def prefill_rows(
+    specs: Sequence[OpSpec], key_prefix: str, partitions: int
+) -> tuple[list[UUID], list[PendingRow]]:
+    """The operations' ids and rows: keys `{key_prefix}{n}`, partitions by account, and for a
+    capture the id of the hold its spec names by index."""
+    ids = [new_id() for _ in specs]
     rows = [
         PendingRow(
             partition=partition_for(spec.account_id, partitions),
@@ -208,10 +207,25 @@ def prefill(
             account_id=spec.account_id,
             amount=spec.amount,
             to_account_id=spec.to_account_id,
+            hold_id=ids[spec.hold] if spec.hold is not None else None,
+            expires_in=spec.expires_in,
         )
         for n, spec in enumerate(specs)
     ]
-    ids = store.copy_pending(engine, principal_id, rows, CURRENCY, CATEGORY)
+    return ids, rows
+
+
+def prefill(
+    engine: Engine, principal_id: UUID, specs: Sequence[OpSpec], key_prefix: str, partitions: int
+) -> Prefill:
+    """Store the operations as pending in ONE transaction with COPY, so none is visible before the commit.
+
+    Nothing is rung: the caller decides who applies them (the workers, or the baseline). A
+    capture's spec names its hold by index; its row gets that hold's id.
+    """
+    started = time.perf_counter()
+    ids, rows = prefill_rows(specs, key_prefix, partitions)
+    store.copy_pending(engine, principal_id, rows, CURRENCY, CATEGORY, ids)
     committed_at = store.db_clock(engine)
     touched = sorted({row.partition for row in rows})
     return Prefill(len(specs), time.perf_counter() - started, committed_at, touched, ids)

@@ -9,6 +9,8 @@ from uuid import UUID
 
 import msgspec
 
+from bench import DRAIN_MIXES
+
 # Every bench account and operation is in this currency.
 CURRENCY = "USD"
 CATEGORY = "bench"
@@ -26,12 +28,16 @@ _encode = msgspec.json.Encoder().encode
 
 @dataclass(frozen=True, slots=True)
 class OpSpec:
-    """An operation the bench submits or prefills; amount in minor units."""
+    """An operation the bench submits or prefills; amount in minor units. A capture names the
+    hold it settles by that hold's index in the same list of specs (`hold`); a hold has its
+    life in seconds (`expires_in`)."""
 
     type: str
     account_id: UUID
     amount: int
     to_account_id: UUID | None = None
+    hold: int | None = None
+    expires_in: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +123,53 @@ class RequestFactory:
         return HttpRequest("POST", "/api/v1/operations", body, headers, 1)
 
 
-def drain_specs(rng: random.Random, accounts: Sequence[UUID], count: int) -> list[OpSpec]:
-    """The drain's prefilled mix: deposits and withdrawals over the accounts (so, every partition)."""
+HOLD_CENTS = WITHDRAWAL_CENTS
+# Longer than any run: no hold expires (and is voided by the sweep) while the bench measures.
+HOLD_EXPIRES_IN = 86_400
+
+
+def holds_specs(rng: random.Random, accounts: Sequence[UUID], count: int) -> list[OpSpec]:
+    """One third holds and captures, two thirds the ordinary deposits and withdrawals.
+
+    Exactly `count // 3` positions, drawn at random, are holds or captures. At each, a capture of
+    an earlier hold not yet captured (chosen at random; half of the time when one exists), else a
+    new hold (1.00-50.00) on a random account, so holds and captures come out about equal. A
+    capture acts on its hold's account (its partition, so it applies after its hold) and takes all
+    of the hold half of the time, a random part of it otherwise; the hold has no payee, so the
+    capture pays out to the world, as a withdrawal does. Holds left at the end stay open. Every
+    bench account is funded far beyond what its holds and withdrawals take, so all succeed.
+    """
+    special = [n < count // 3 for n in range(count)]
+    rng.shuffle(special)
+    specs: list[OpSpec] = []
+    uncaptured: list[int] = []  # indexes in `specs` of holds no capture settles yet
+    for held in special:
+        if not held:
+            specs.append(deposit_or_withdrawal(rng, accounts))
+        elif uncaptured and rng.random() < 0.5:
+            pick = rng.randrange(len(uncaptured))
+            index = uncaptured[pick]
+            uncaptured[pick] = uncaptured[-1]
+            uncaptured.pop()
+            hold = specs[index]
+            amount = hold.amount if rng.random() < 0.5 else rng.randint(1, hold.amount)
+            specs.append(OpSpec("capture", hold.account_id, amount, hold=index))
+        else:
+            account = accounts[rng.randrange(len(accounts))]
+            uncaptured.append(len(specs))
+            specs.append(
+                OpSpec("hold", account, rng.randint(*HOLD_CENTS), expires_in=HOLD_EXPIRES_IN)
+            )
+    return specs
+
+
+def drain_specs(
+    rng: random.Random, accounts: Sequence[UUID], count: int, mix: str = "ordinary"
+) -> list[OpSpec]:
+    """The drain's prefilled operations over the accounts (so, every partition): "ordinary",
+    deposits and withdrawals; "holds", a third of them holds and captures (holds_specs)."""
+    if mix == "holds":
+        return holds_specs(rng, accounts, count)
+    if mix != "ordinary":
+        raise ValueError(f"unknown drain mix {mix!r} (one of {', '.join(DRAIN_MIXES)})")
     return [deposit_or_withdrawal(rng, accounts) for _ in range(count)]

@@ -163,6 +163,47 @@ def test_drain_with_baseline_applies_everything_once(
     assert sum(counts.values()) == 4200 and counts.get("pending", 0) == 0
 
 
+def test_drain_with_the_holds_mix_captures_every_hold_it_names(
+    api_url: str, engine: Engine, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    username = f"bench-{secrets.token_hex(4)}"
+    report, output = bench(
+        service_env, tmp_path, "drain",
+        "--url", api_url, "--username", username, "--mix", "holds", "--seed", "5",
+        "--ops", "1500", "--accounts", "100", "--baseline", "--concurrency", "2",
+    )  # fmt: skip
+
+    prefill = report["prefill"]
+    assert prefill["mix"] == "holds" and report["options"]["mix"] == "holds"
+    types = prefill["types"]
+    assert types["hold"] + types["capture"] == 500
+    assert types["deposit"] + types["withdrawal"] == 1000
+    assert "mix holds" in output
+    drain = report["drain"]
+    # Every capture found its hold open: nothing failed, in the drain or in the baseline.
+    assert drain["applied"] == 1500 and drain["statuses"] == {"succeeded": 1500}
+    baseline = report["baseline"]
+    assert baseline["applied"] == 1500 and baseline["failed"] == {}
+    assert_verified(report)
+    with engine.connect() as conn:
+        holds: dict[str, int] = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT h.status, count(*) FROM holds h JOIN operations o ON o.id = h.id"
+                    " JOIN users u ON u.id = o.principal_id WHERE u.username = :u"
+                    " GROUP BY h.status"
+                ),
+                {"u": username},
+            )
+            .tuples()
+            .all()
+        )
+    # Twice (drain and baseline) each hold: captured, or left open at the end.
+    assert set(holds) <= {"open", "captured"}
+    assert sum(holds.values()) == 2 * types["hold"]
+    assert holds["captured"] == 2 * types["capture"]
+
+
 def test_verify_checks_the_whole_ledger(
     api_url: str, service_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -49,6 +49,9 @@ class PendingRow:
     account_id: UUID
     amount: int
     to_account_id: UUID | None = None
+    # A capture: the hold's operation id; a hold: its life in seconds.
+    hold_id: UUID | None = None
+    expires_in: int | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ def insert_accounts(
 
 _COPY_OPERATIONS = (
     "COPY operations (id, partition, principal_id, idempotency_key, fingerprint, type,"
-    " account_id, to_account_id, amount, currency, category) FROM STDIN"
+    " account_id, to_account_id, amount, currency, category, hold_id, expires_in) FROM STDIN"
 )
 
 
@@ -172,10 +175,13 @@ def copy_pending(
     rows: Sequence[PendingRow],
     currency: str,
     category: str | None,
+    ids: Sequence[UUID] | None = None,
 ) -> list[UUID]:
     """Store the operations as pending in ONE transaction with COPY, so none is visible before
-    the commit; returns their ids, in order. Nothing is rung."""
-    ids = [new_id() for _ in rows]
+    the commit, in order (their seq is their position); returns their ids, in order: `ids` when
+    given (a capture names its hold's id, so the caller chooses them), new ones otherwise.
+    Nothing is rung."""
+    ids = list(ids) if ids is not None else [new_id() for _ in rows]
     with engine.begin() as conn:
         raw: Any = conn.connection.driver_connection  # psycopg 3: COPY is not in SQLAlchemy
         with raw.cursor() as cursor, cursor.copy(_COPY_OPERATIONS) as copy:
@@ -193,6 +199,8 @@ def copy_pending(
                         row.amount,
                         currency,
                         category,
+                        row.hold_id,
+                        row.expires_in,
                     )
                 )
     return ids
