@@ -4,12 +4,14 @@ portfolio returns, captado (cached, invalidated on apply) and its WebSocket acro
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
 import os
 import secrets
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from sqlalchemy import Engine
 
 from devserver import free_port
 from tests.integration.support import (
+    PASSWORD,
     ROOT,
     LedgerClient,
     Process,
@@ -56,14 +59,15 @@ async def new_asset(
     return str(r.json()["id"])
 
 
-async def all_assets(http: httpx.AsyncClient, admin: dict[str, str]) -> list[dict[str, Any]]:
-    # The master key holds only the admin scope; any user may list assets.
-    client = await LedgerClient.register(http, "reader")
+async def all_assets(http: httpx.AsyncClient, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """Every asset, read with `headers` (the admin's, or a client's)."""
     items: list[dict[str, Any]] = []
     cursor = None
     while True:
         params = {"limit": 500, **({"cursor": cursor} if cursor else {})}
-        page = (await client.request("GET", "/api/v1/assets", params=params)).json()
+        r = await http.get("/api/v1/assets", params=params, headers=headers)
+        assert r.status_code == 200, r.text
+        page = r.json()
         items += page["items"]
         cursor = page["next_cursor"]
         if not cursor:
@@ -149,6 +153,42 @@ async def test_allocate_and_redeem_through_the_worker(
         "allocation",
     ]
     assert_ledger_consistent(engine)
+
+
+async def test_the_admin_reads_the_catalog_it_keeps(
+    http: httpx.AsyncClient, alice: LedgerClient, admin: dict[str, str]
+) -> None:
+    """The master key (admin scope only) lists and reads the assets and closes it created, as
+    clients with accounts:read do; a key without either scope still cannot."""
+    asset = await new_asset(http, admin)
+    day = TODAY - dt.timedelta(days=1)
+    await set_closes(http, admin, asset, {day: "12.50"})
+    basic = base64.b64encode(f"{alice.username}:{PASSWORD}".encode()).decode()
+    client = {"Authorization": f"Basic {basic}"}
+    for headers in (admin, client):
+        assert asset in {a["id"] for a in await all_assets(http, headers)}
+        r = await http.get(f"/api/v1/assets/{asset}", headers=headers)
+        assert r.status_code == 200 and r.json()["id"] == asset, r.text
+        r = await http.get(f"/api/v1/assets/{asset}/prices", headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["items"] == [{"date": day.isoformat(), "close": "12.50000000"}]
+        r = await http.get(f"/api/v1/assets/{uuid.UUID(int=1)}", headers=headers)
+        assert r.status_code == 404 and r.json()["code"] == "asset_not_found", r.text
+
+    r = await alice.request(
+        "POST", "/api/v1/api-keys", json={"name": "writer", "scopes": ["operations:write"]}
+    )
+    assert r.status_code == 201, r.text
+    writer = {"X-API-Key": r.json()["secret"]}
+    for path in ("/api/v1/assets", f"/api/v1/assets/{asset}", f"/api/v1/assets/{asset}/prices"):
+        r = await http.get(path, headers=writer)
+        assert r.status_code == 403, r.text
+        assert (r.json()["code"], r.json()["required_scope"]) == (
+            "insufficient_scope",
+            "accounts:read",
+        )
+        r = await http.get(path)
+        assert r.status_code == 401, r.text
 
 
 async def test_investment_input_errors(
