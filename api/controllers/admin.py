@@ -1,23 +1,28 @@
 """Administration (the master key, or a key with the admin scope): every user and every account,
-the state of each partition's queue, deposit limits, and deposits past them."""
+a customer account's overdraft limit and name, freezing and unfreezing it, the state of each
+partition's queue, deposit limits, and deposits past them."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 import structlog
-from litestar import Controller, Request, Response, get, post, put
+from litestar import Controller, Request, Response, get, patch, post, put
 
 from api import intake
 from api.auth import Principal
+from api.controllers.accounts import control_request, raw_decimal
 from api.errors import ApiError
 from api.metrics import read_queue_facts
 from api.operations import IdempotencyKey, Prefer, submit_one
 from api.pagination import Cursor, Keyset, Limit, page, reads
 from api.presenters import admin_account_out, limits_out, queue_view, user_out
 from api.schemas import (
+    AdminAccountOut,
     AdminAccountPage,
+    AdminAccountUpdate,
     AdminDepositRequest,
     DepositLimitsOut,
     DepositLimitsSet,
@@ -28,7 +33,7 @@ from api.schemas import (
 )
 from api.state import Services, services_of
 from domain.limits import API_KEY, USER, parse_limit
-from domain.money import exponent
+from domain.money import check_amount_token, exponent, format_amount, parse_amount
 from worker.store import access
 
 log = structlog.get_logger(__name__)
@@ -80,6 +85,65 @@ async def write_limits(
     return await read_limits(services, subject_kind, subject_id)
 
 
+def parse_overdraft_limit(value: Decimal, text: bytes | None, currency: str) -> int:
+    """An overdraft limit in minor units of `currency`: zero or more, exact in the currency."""
+    field = "overdraft_limit"
+    if text is not None:
+        check_amount_token(text, field)
+    if value < 0:
+        raise ApiError(422, "invalid_amount", f"{field} must be zero or more", field=field)
+    if value == 0:
+        places = value.as_tuple().exponent
+        if isinstance(places, int) and -places > exponent(currency):
+            raise ApiError(
+                422,
+                "invalid_amount",
+                f"{field} has more decimal places than {currency} allows ({exponent(currency)})",
+                field=field,
+            )
+        return 0
+    return parse_amount(value, currency, field)
+
+
+async def update_account(
+    services: Services, account_id: UUID, data: AdminAccountUpdate, body: bytes
+) -> AdminAccountOut:
+    """The admin's PATCH of a customer account (`AdminController.admin_update_account`)."""
+    async with services.engine.begin() as conn:
+        row = await access.customer_account(conn, account_id)
+        if row is None:
+            raise ApiError(404, "account_not_found", "No such customer account.")
+        limit = None
+        if data.overdraft_limit is not None:
+            text = raw_decimal(body, "overdraft_limit")
+            limit = parse_overdraft_limit(data.overdraft_limit, text, row.currency)
+        try:
+            row = await access.update_customer_account(
+                conn, account_id, name=data.name, overdraft_limit=limit
+            )
+        except access.OverdraftInUse as exc:
+            used = -(exc.row.balance - exc.row.held)
+            currency = exc.row.currency
+            raise ApiError(
+                409,
+                "overdraft_in_use",
+                f"The account already uses {format_amount(used, currency)} {currency} of "
+                "overdraft (balance less holds), more than the limit asked for; nothing was "
+                "changed.",
+                field="overdraft_limit",
+                extra={"overdraft_used": format_amount(used, currency)},
+            ) from None
+    if row is None:
+        raise ApiError(404, "account_not_found", "No such customer account.")
+    log.info(
+        "account_updated_by_admin",
+        account_id=str(account_id),
+        overdraft_limit=limit,
+        renamed=data.name is not None,
+    )
+    return admin_account_out(row)
+
+
 class AdminController(Controller):
     path = "/api/v1/admin"
     tags = ["admin"]
@@ -103,6 +167,48 @@ class AdminController(Controller):
         """Every account (system accounts too, without an owner), or one owner's, in cursor pages."""
         fetch = reads(services_of(request.app).reads, access.accounts_page, owner_id)
         return await page(ALL_ACCOUNTS, cursor, limit, fetch, admin_account_out)
+
+    @patch("/accounts/{account_id:uuid}", operation_id="adminUpdateAccount")
+    async def admin_update_account(
+        self, request: Request[Principal, Any, Any], account_id: UUID, data: AdminAccountUpdate
+    ) -> AdminAccountOut:
+        """Set a customer account's overdraft limit (an amount of its currency, zero or more)
+        and/or its name; absent fields stay. A limit below what the account already uses
+        (balance less holds below minus the limit) answers 409 `overdraft_in_use` and changes
+        nothing. The workers read the limit under the account's row lock, from their next
+        operation on. World and custody accounts: 404."""
+        return await update_account(
+            services_of(request.app), account_id, data, await request.body()
+        )
+
+    @post("/accounts/{account_id:uuid}/freeze", operation_id="freezeAccount", status_code=202)
+    async def freeze_account(
+        self,
+        request: Request[Principal, Any, Any],
+        account_id: UUID,
+        idempotency_key: IdempotencyKey = None,
+        prefer: Prefer = None,
+    ) -> Response[OperationOut]:
+        """Freeze a customer account: a `freeze` operation, applied in the account's order
+        (answered like `POST /operations`). From then on its debits fail `account_frozen`;
+        credits still apply."""
+        return await submit_one(
+            request, control_request("freeze", account_id), idempotency_key, prefer, admin=True
+        )
+
+    @post("/accounts/{account_id:uuid}/unfreeze", operation_id="unfreezeAccount", status_code=202)
+    async def unfreeze_account(
+        self,
+        request: Request[Principal, Any, Any],
+        account_id: UUID,
+        idempotency_key: IdempotencyKey = None,
+        prefer: Prefer = None,
+    ) -> Response[OperationOut]:
+        """Unfreeze a customer account: an `unfreeze` operation, applied in the account's
+        order; debits apply again after it."""
+        return await submit_one(
+            request, control_request("unfreeze", account_id), idempotency_key, prefer, admin=True
+        )
 
     @get("/queues", operation_id="listQueues")
     async def list_queues(self, request: Request[Principal, Any, Any]) -> QueueView:

@@ -1,4 +1,5 @@
-"""Queries for access: API keys (create, find by prefix, list, revoke) and the admin's listings."""
+"""Queries for access: API keys (create, find by prefix, list, revoke), the admin's listings and
+the admin's changes to customer accounts."""
 
 from __future__ import annotations
 
@@ -157,6 +158,59 @@ async def accounts_page(
     if after is not None:
         query = query.where(accounts.c.id > after)
     return (await conn.execute(query.order_by(accounts.c.id).limit(limit))).all()
+
+
+class OverdraftInUse(Exception):
+    """The account already uses more overdraft than the limit asked for; `row` is the account."""
+
+    def __init__(self, row: Record) -> None:
+        super().__init__(row.id)
+        self.row = row
+
+
+_CUSTOMER_KINDS = ("checking", "savings")
+
+
+async def customer_account(conn: AsyncConnection, account_id: UUID) -> Record | None:
+    """A customer account (world and custody accounts read as missing), with its owner."""
+    query = sa.select(*ACCOUNT_COLUMNS).where(
+        accounts.c.id == account_id, accounts.c.kind.in_(_CUSTOMER_KINDS)
+    )
+    return (await conn.execute(query)).one_or_none()
+
+
+async def update_customer_account(
+    conn: AsyncConnection,
+    account_id: UUID,
+    *,
+    name: str | None = None,
+    overdraft_limit: int | None = None,
+) -> Record | None:
+    """The admin's changes to a customer account; the account as it is then (None: no such
+    customer account). A new overdraft limit takes only if the account uses no more than it
+    (balance - held >= -limit), judged by the UPDATE itself: it waits for a worker holding the
+    row and judges the row the worker left, and the workers read the limit under the same row
+    lock, so no debit can slip between. Raises OverdraftInUse (nothing changed) otherwise."""
+    values: dict[str, Any] = {}
+    if name is not None:
+        values["name"] = name
+    if overdraft_limit is not None:
+        values["overdraft_limit"] = overdraft_limit
+    if values:
+        query = accounts.update().where(
+            accounts.c.id == account_id, accounts.c.kind.in_(_CUSTOMER_KINDS)
+        )
+        if overdraft_limit is not None:
+            query = query.where(accounts.c.balance - accounts.c.held >= -overdraft_limit)
+        result = await conn.execute(
+            query.values(**values, updated_at=sa.func.now()).returning(accounts.c.id)
+        )
+        if result.one_or_none() is None:
+            row = await customer_account(conn, account_id)
+            if row is not None:
+                raise OverdraftInUse(row)
+            return None
+    return await customer_account(conn, account_id)
 
 
 # ---------------------------------------------------------------- deposit limits (admin)

@@ -30,6 +30,7 @@ from worker.store.tables import (
     assets,
     deposit_limits,
     entries,
+    holds,
     operations,
     users,
 )
@@ -113,17 +114,140 @@ ACCOUNT_COLUMNS = (
 )
 
 
+class AccountClosed(Exception):
+    """The account is closed: it takes no change."""
+
+
+def _jsonb(metadata: Mapping[str, str] | None) -> Any:
+    """Stored metadata (domain/metadata.py `canonical`): none is SQL NULL, not JSON null."""
+    return sa.null() if metadata is None else dict(metadata)
+
+
+# An account opened with a deposit (api/controllers/accounts.py) carries a digest of the request
+# that opened it in the last bits of its id, which are random in a UUIDv7: the id stays
+# time-ordered, and a retry of the request recognises the account (and its deposit) by them.
+ID_TAIL_BITS = 48
+_ID_TAIL_MASK = (1 << ID_TAIL_BITS) - 1
+
+
+def new_id_with_tail(tail: int) -> UUID:
+    """A new_id() whose last ID_TAIL_BITS bits are `tail` (26 random bits stay)."""
+    return UUID(int=(new_id().int & ~_ID_TAIL_MASK) | (tail & _ID_TAIL_MASK))
+
+
+def id_tail(account_id: UUID) -> int:
+    return account_id.int & _ID_TAIL_MASK
+
+
+async def insert_account(
+    conn: AsyncConnection,
+    *,
+    account_id: UUID,
+    owner_id: UUID,
+    name: str,
+    kind: str,
+    currency: str,
+    metadata: Mapping[str, str] | None = None,
+) -> bool:
+    """Insert an account unless one with this id exists; True if this call created it."""
+    result = await conn.execute(
+        insert(accounts)
+        .values(
+            id=account_id,
+            owner_id=owner_id,
+            name=name,
+            kind=kind,
+            currency=currency,
+            metadata=_jsonb(metadata),
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(accounts.c.id)
+    )
+    return result.one_or_none() is not None
+
+
 async def create_account(
-    conn: AsyncConnection, owner_id: UUID, name: str, kind: str, currency: str
+    conn: AsyncConnection,
+    owner_id: UUID,
+    name: str,
+    kind: str,
+    currency: str,
+    metadata: Mapping[str, str] | None = None,
 ) -> Record:
     account_id = new_id()
-    await conn.execute(
-        accounts.insert().values(
-            id=account_id, owner_id=owner_id, name=name, kind=kind, currency=currency
-        )
+    await insert_account(
+        conn,
+        account_id=account_id,
+        owner_id=owner_id,
+        name=name,
+        kind=kind,
+        currency=currency,
+        metadata=metadata,
     )
     row = await account_for_owner(conn, account_id, owner_id)
     assert row is not None
+    return row
+
+
+async def accounts_with_id_tail(
+    conn: AsyncConnection, owner_id: UUID, tail: int
+) -> Sequence[Record]:
+    """The owner's accounts whose id ends in `tail` (new_id_with_tail), oldest first: a walk of
+    the owner's accounts on ix_accounts_owner_id_id."""
+    hex_tail = f"{tail & _ID_TAIL_MASK:0{ID_TAIL_BITS // 4}x}"
+    query = sa.select(*ACCOUNT_COLUMNS).where(
+        accounts.c.owner_id == owner_id,
+        sa.func.right(sa.cast(accounts.c.id, sa.Text), ID_TAIL_BITS // 4) == hex_tail,
+    )
+    return (await conn.execute(query.order_by(accounts.c.id))).all()
+
+
+async def delete_unused_account(conn: AsyncConnection, account_id: UUID, owner_id: UUID) -> bool:
+    """Delete the owner's account if nothing ever happened to it: no operation names it (so no
+    entry, hold or position either) and its balance is zero. True if it was deleted. Only for an
+    account that was never shown to anyone (a refused opening deposit's); an account is otherwise
+    never deleted (api/directory.py caches what it was)."""
+    named = sa.or_(
+        sa.exists().where(operations.c.account_id == account_id),
+        sa.exists().where(operations.c.to_account_id == account_id),
+    )
+    result = await conn.execute(
+        accounts.delete()
+        .where(
+            accounts.c.id == account_id,
+            accounts.c.owner_id == owner_id,
+            accounts.c.balance == 0,
+            sa.not_(named),
+        )
+        .returning(accounts.c.id)
+    )
+    return result.one_or_none() is not None
+
+
+async def change_account(
+    conn: AsyncConnection, account_id: UUID, owner_id: UUID, changes: Mapping[str, Any]
+) -> Record | None:
+    """The owner's changes (`name`, `metadata` in its stored form: replaced whole, None clears
+    it); the account as it is then, None when the owner has no such account. Raises
+    AccountClosed for a closed account (the UPDATE waits for a worker holding the row, so a close
+    applied meanwhile is seen). No changes: the account as it is."""
+    values = {
+        name: _jsonb(value) if name == "metadata" else value for name, value in changes.items()
+    }
+    if values:
+        # Holds the row until the caller commits: the read below sees what this changed.
+        await conn.execute(
+            accounts.update()
+            .where(
+                accounts.c.id == account_id,
+                accounts.c.owner_id == owner_id,
+                accounts.c.closed_at.is_(None),
+            )
+            .values(**values, updated_at=sa.func.now())
+        )
+    row = await account_for_owner(conn, account_id, owner_id)
+    if row is not None and row.closed_at is not None:
+        raise AccountClosed(account_id)
     return row
 
 
@@ -155,6 +279,69 @@ async def accounts_for_owner(
     return (await conn.execute(query.order_by(accounts.c.id).limit(limit))).all()
 
 
+# ---------------------------------------------------------------- accounts as of an instant
+
+_AS_OF = sa.bindparam("as_of", type_=sa.DateTime(timezone=True))
+# The balance then: the balance after the account's last entry up to that instant, found by
+# walking ix_entries_account_id_id newest first (entry ids grow in apply order per account and
+# entries are dated by the clock while the account's row is locked, so that order is time order).
+_balance_then = (
+    sa.select(entries.c.balance_after)
+    .where(entries.c.account_id == accounts.c.id, entries.c.created_at <= _AS_OF)
+    .order_by(entries.c.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+# What holds reserved then: the holds applied by that instant and not yet captured or voided.
+_held_then = (
+    sa.select(sa.cast(sa.func.coalesce(sa.func.sum(holds.c.amount), 0), sa.BigInteger))
+    .where(
+        holds.c.account_id == accounts.c.id,
+        holds.c.created_at <= _AS_OF,
+        sa.or_(holds.c.closed_at.is_(None), holds.c.closed_at > _AS_OF),
+    )
+    .scalar_subquery()
+)
+ACCOUNT_AS_OF = sa.select(
+    accounts.c.id,
+    accounts.c.owner_id,
+    accounts.c.name,
+    accounts.c.kind,
+    accounts.c.currency,
+    sa.func.coalesce(_balance_then, 0).label("balance"),
+    accounts.c.overdraft_limit,
+    _held_then.label("held"),
+    accounts.c.frozen,
+    accounts.c.closed_at,
+    accounts.c.metadata,
+    accounts.c.created_at,
+    accounts.c.updated_at,
+    # A past instant has no pending debits: what was pending then is applied or gone now.
+    sa.literal(0, sa.BigInteger).label("pending_debits"),
+    sa.func.now().label("now"),
+).where(
+    accounts.c.id == sa.bindparam("account_id"), accounts.c.owner_id == sa.bindparam("owner_id")
+)
+
+
+async def account_as_of(
+    conn: AsyncConnection, account_id: UUID, owner_id: UUID, as_of: dt.datetime
+) -> Record | None:
+    """The owner's account with its balances as of `as_of` (balance, held; pending_debits 0; the
+    other columns as they are now), and the database's `now`, for the caller to judge `as_of`
+    against it and `created_at`. One statement, so one snapshot."""
+    params = {"account_id": account_id, "owner_id": owner_id, "as_of": as_of}
+    return (await conn.execute(ACCOUNT_AS_OF, params)).one_or_none()
+
+
+async def account_clock(conn: AsyncConnection, account_id: UUID, owner_id: UUID) -> Record | None:
+    """The owner's account's `created_at` and the database's `now` (to judge an `as_of`)."""
+    query = sa.select(accounts.c.created_at, sa.func.now().label("now")).where(
+        accounts.c.id == account_id, accounts.c.owner_id == owner_id
+    )
+    return (await conn.execute(query)).one_or_none()
+
+
 # ---------------------------------------------------------------- entries
 
 
@@ -163,6 +350,8 @@ class EntryFilter:
     category: str | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
+    # The history as it stood at that instant: entries dated up to it (inclusive).
+    as_of: dt.datetime | None = None
 
 
 async def entries_for_account(
@@ -192,6 +381,8 @@ async def entries_for_account(
         query = query.where(entries.c.created_at >= filters.since)
     if filters.until is not None:
         query = query.where(entries.c.created_at < filters.until)
+    if filters.as_of is not None:
+        query = query.where(entries.c.created_at <= filters.as_of)
     return (await conn.execute(query.order_by(entries.c.id.desc()).limit(limit))).all()
 
 
