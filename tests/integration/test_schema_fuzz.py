@@ -27,8 +27,8 @@ CHECKS = [not_a_server_error, response_schema_conformance, content_type_conforma
 
 
 def _setup_user(api_url: str, master: dict[str, str]) -> dict[str, Any]:
-    """A user with an account, an operation and an API key, and an asset with a close, so some
-    paths name real things."""
+    """A user with an account, an operation, a hold and an API key, and an asset with a close, so
+    some paths name real things."""
     with httpx.Client(base_url=api_url, timeout=30) as http:
         asset = http.post(
             "/api/v1/assets",
@@ -53,7 +53,14 @@ def _setup_user(api_url: str, master: dict[str, str]) -> dict[str, Any]:
         ).json()["id"]
         deposit = {"type": "deposit", "account_id": account, "amount": "10.00"}
         operation = http.post(
-            "/api/v1/operations", json=deposit, headers={**auth, "Idempotency-Key": key()}
+            "/api/v1/operations",
+            json=deposit,
+            headers={**auth, "Idempotency-Key": key(), "Prefer": "wait=10"},
+        ).json()["id"]
+        hold = http.post(
+            "/api/v1/operations",
+            json={"type": "hold", "account_id": account, "amount": "1.00"},
+            headers={**auth, "Idempotency-Key": key(), "Prefer": "wait=10"},
         ).json()["id"]
         api_key = http.post(
             "/api/v1/api-keys", json={"name": "fuzz", "scopes": ["accounts:read"]}, headers=auth
@@ -67,6 +74,7 @@ def _setup_user(api_url: str, master: dict[str, str]) -> dict[str, Any]:
             "key_id": api_key,
             "asset_id": asset,
             "client_id": user_id,
+            "hold_id": hold,
         },
         # Bodies that debit or credit the caller's own account, so submits get accepted too.
         "bodies": {
