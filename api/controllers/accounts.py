@@ -249,7 +249,9 @@ async def _open(
     deposit = OperationRequest(type="deposit", account_id=account_id, amount=data.initial_deposit)
     try:
         [outcome] = await intake.submit(services, owner_id, [intake.Submission(key, deposit)])
-    except ApiError:
+    except Exception:
+        # Refused whole (a deposit limit), or the database failed: the deposit was not stored
+        # (and if it were, the delete would leave the account it names).
         if inserted:
             await _discard(services, owner_id, account_id)
         raise
