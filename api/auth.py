@@ -100,6 +100,9 @@ def current_principal() -> Principal | None:
 BASIC_ONLY = "basic"  # HTTP Basic itself: a token or key must not mint tokens
 MANAGE_KEYS = "manage_keys"  # a password or token, or the admin: keys never mint keys
 AUTHENTICATED = "authenticated"  # any principal at all
+# The asset catalog: read by clients with accounts:read, who trade in it, and by the admin, who
+# keeps it (the master key holds the admin scope only).
+CATALOG_READ = "catalog_read"
 
 # operationId -> what the principal needs. Routes excluded from authentication (health, docs,
 # register) have no principal and are not listed; an authenticated route missing here is refused.
@@ -115,6 +118,7 @@ ACCESS: dict[str, str] = {
     "listEntries": ACCOUNTS_READ,
     "updateAccount": OPERATIONS_WRITE,
     "closeAccount": OPERATIONS_WRITE,
+    "getStatement": ACCOUNTS_READ,
     "listHolds": ACCOUNTS_READ,
     "getHold": ACCOUNTS_READ,
     "submitOperation": OPERATIONS_WRITE,
@@ -132,14 +136,15 @@ ACCESS: dict[str, str] = {
     "getApiKeyDepositLimits": ADMIN,
     "setApiKeyDepositLimits": ADMIN,
     "adminDeposit": ADMIN,
+    "adminReversal": ADMIN,
     "adminUpdateAccount": ADMIN,
     "freezeAccount": ADMIN,
     "unfreezeAccount": ADMIN,
     "createAsset": ADMIN,
     "upsertPrices": ADMIN,
-    "listAssets": ACCOUNTS_READ,
-    "getAsset": ACCOUNTS_READ,
-    "listPrices": ACCOUNTS_READ,
+    "listAssets": CATALOG_READ,
+    "getAsset": CATALOG_READ,
+    "listPrices": CATALOG_READ,
     "getPortfolio": ACCOUNTS_READ,
     "listClients": ADMIN,
     "listClientAllocations": ADMIN,
@@ -174,6 +179,13 @@ async def require_access(
         if not (principal.is_admin or principal.method in ("basic", "bearer")):
             raise forbidden(
                 "forbidden", "API keys are managed with a password or a token, not with a key."
+            )
+    elif requirement == CATALOG_READ:
+        if not (principal.is_admin or ACCOUNTS_READ in principal.scopes):
+            raise forbidden(
+                "insufficient_scope",
+                f"This needs the {ACCOUNTS_READ} scope (or the admin's).",
+                required_scope=ACCOUNTS_READ,
             )
     elif requirement not in principal.scopes:
         raise forbidden(

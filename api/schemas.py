@@ -634,6 +634,16 @@ class AdminDepositRequest(Body):
     description: Description | None = None
 
 
+class AdminReversalRequest(Body):
+    operation_id: Annotated[UUID, Meta(description="The operation to take back.")]
+    amount: (
+        Annotated[AmountIn, Meta(description="How much; absent: all that is left of it.")] | None
+    ) = None
+    category: Category | None = None
+    description: Description | None = None
+    metadata: Metadata | None = None
+
+
 # ---------------------------------------------------------------- queues (admin)
 
 

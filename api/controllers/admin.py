@@ -24,6 +24,7 @@ from api.schemas import (
     AdminAccountPage,
     AdminAccountUpdate,
     AdminDepositRequest,
+    AdminReversalRequest,
     DepositLimitsOut,
     DepositLimitsSet,
     OperationOut,
@@ -295,3 +296,25 @@ class AdminController(Controller):
             description=data.description,
         )
         return await submit_one(request, deposit, idempotency_key, prefer, admin=True)
+
+    @post("/reversals", operation_id="adminReversal", status_code=202)
+    async def admin_reversal(
+        self,
+        request: Request[Principal, Any, Any],
+        data: AdminReversalRequest,
+        idempotency_key: IdempotencyKey = None,
+        prefer: Prefer = None,
+    ) -> Response[OperationOut]:
+        """Reverse any customer's succeeded deposit, withdrawal, transfer or capture, fully or
+        partly (a refund or chargeback the operator decided): the same operation a customer
+        submits as `reversal`, for any account, including those that take money from the world
+        (a withdrawal's reversal). Idempotent like any submit; `Prefer: wait=N`."""
+        reversal = OperationRequest(
+            type="reversal",
+            operation_id=data.operation_id,
+            amount=data.amount,
+            category=data.category,
+            description=data.description,
+            metadata=data.metadata,
+        )
+        return await submit_one(request, reversal, idempotency_key, prefer, admin=True)

@@ -13,13 +13,11 @@ from uuid import UUID
 import msgspec
 from litestar import Controller, Request, WebSocket, get, post, websocket
 from litestar.channels import ChannelsPlugin
-from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from api import reports
-from api.auth import ACCESS, ACCOUNTS_READ, AUTHENTICATED, Principal, forbidden
+from api.auth import Principal
 from api.errors import ApiError
 from api.pagination import Cursor, Keyset, Limit, page, reads
 from api.presenters import asset_out, client_out, investment_out, price_series
@@ -54,26 +52,6 @@ def asset_not_found() -> ApiError:
     return ApiError(404, "asset_not_found", "No such asset.")
 
 
-# The catalog (assets and their closes) is read by clients with accounts:read, who trade in it,
-# and by the admin, who keeps it: the master key (and an admin-scoped key) holds the admin scope
-# only, and was refused the assets it had just created. The app's guard names one requirement per
-# route (api/auth.py ACCESS), so these routes pass it as any authenticated principal's and
-# `catalog_reader` asks for either of the two.
-CATALOG_READS = ("listAssets", "getAsset", "listPrices")
-ACCESS.update(dict.fromkeys(CATALOG_READS, AUTHENTICATED))
-
-
-def catalog_reader(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    principal = connection.scope.get("user")
-    if principal is None or principal.is_admin or ACCOUNTS_READ in principal.scopes:
-        return
-    raise forbidden(
-        "insufficient_scope",
-        f"This needs the {ACCOUNTS_READ} scope (or the admin's).",
-        required_scope=ACCOUNTS_READ,
-    )
-
-
 class AssetController(Controller):
     path = "/api/v1/assets"
     tags = ["investments"]
@@ -95,7 +73,7 @@ class AssetController(Controller):
             ) from None
         return asset_out(row)
 
-    @get("/", operation_id="listAssets", guards=[catalog_reader])
+    @get("/", operation_id="listAssets")
     async def list_assets(
         self, request: Request[Principal, Any, Any], limit: Limit = 100, cursor: Cursor = None
     ) -> AssetPage:
@@ -103,7 +81,7 @@ class AssetController(Controller):
         fetch = reads(services_of(request.app).reads, investments.list_assets)
         return await page(ASSETS, cursor, limit, fetch, asset_out)
 
-    @get("/{asset_id:uuid}", operation_id="getAsset", guards=[catalog_reader])
+    @get("/{asset_id:uuid}", operation_id="getAsset")
     async def get_asset(self, request: Request[Principal, Any, Any], asset_id: UUID) -> AssetOut:
         async with services_of(request.app).reads.connect() as conn:
             row = await investments.asset_by_id(conn, asset_id)
@@ -133,7 +111,7 @@ class AssetController(Controller):
             count = await investments.upsert_prices(conn, asset_id, closes)
         return PricesUpserted(asset_id=asset_id, upserted=count)
 
-    @get("/{asset_id:uuid}/prices", operation_id="listPrices", guards=[catalog_reader])
+    @get("/{asset_id:uuid}/prices", operation_id="listPrices")
     async def list_prices(
         self,
         request: Request[Principal, Any, Any],
