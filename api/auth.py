@@ -118,7 +118,6 @@ ACCESS: dict[str, str] = {
     "listEntries": ACCOUNTS_READ,
     "updateAccount": OPERATIONS_WRITE,
     "closeAccount": OPERATIONS_WRITE,
-    "getStatement": ACCOUNTS_READ,
     "listHolds": ACCOUNTS_READ,
     "getHold": ACCOUNTS_READ,
     "submitOperation": OPERATIONS_WRITE,
