@@ -170,6 +170,39 @@ class Sampler:
         return sum(cpu) / len(cpu) if cpu else 0.0
 
 
+def _postgres_backend_of(cmdline: list[str], database: str) -> bool:
+    """A PostgreSQL backend serving `database` (its title: "postgres: 15/main: USER DB HOST ...")."""
+    title = " ".join(cmdline)
+    return title.startswith("postgres:") and f" {database} " in f"{title} "
+
+
+def cpu_seconds(target: Target) -> dict[str, dict[int, float]]:
+    """CPU seconds (user + system) so far of the target's workers (pool children included) and of
+    the PostgreSQL backends serving its database, per pid: two snapshots bracket a phase."""
+    out: dict[str, dict[int, float]] = {"worker": {}, "postgres": {}}
+    for proc in find_processes(target)["worker"]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            out["worker"][proc.pid] = times.user + times.system
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if _postgres_backend_of(proc.info.get("cmdline") or [], target.database[2]):
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                out["postgres"][proc.pid] = times.user + times.system
+    return out
+
+
+def cpu_used(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+) -> dict[str, float]:
+    """CPU seconds per group between two snapshots (a process new in `after` counts from 0; one
+    that ended in between is missed, so the figures are a floor)."""
+    return {
+        group: round(sum(t - before.get(group, {}).get(pid, 0.0) for pid, t in pids.items()), 3)
+        for group, pids in after.items()
+    }
+
+
 def machine() -> dict[str, object]:
     return {
         "cpus": os.cpu_count(),

@@ -71,6 +71,12 @@ def _drain_rows(table: Table, report: dict[str, Any]) -> None:
         f"after the commit), peak {_rate(drain['peak_rate'])}/1s",
     )
     table.add_row("  statuses", _counts(drain["statuses"]))
+    if drain.get("cpu_ms_per_op"):
+        table.add_row(
+            "  CPU per operation",
+            ", ".join(f"{group} {ms:.3f} ms" for group, ms in drain["cpu_ms_per_op"].items())
+            + f" (total {sum(drain['cpu_ms_per_op'].values()):.3f} ms)",
+        )
     table.add_row("  commit->applied", _ms(drain["latency_from_commit_ms"]))
     base = report.get("baseline")
     if base:

@@ -36,7 +36,7 @@ from bench.metrics import (
     http_timeline,
     memory_timeline,
 )
-from bench.monitor import Sampler, Target, database_key, machine
+from bench.monitor import Sampler, Target, cpu_seconds, cpu_used, database_key, machine
 from bench.report import plot, print_report, write_json
 from bench.setup import (
     Setup,
@@ -394,9 +394,11 @@ def _drain(
     console.print(f"prefilling {args.ops:,} pending operations in one transaction (COPY) ...")
     filled = prefill(engine, setup.principal_id, specs, f"{run_id}-d-", args.partitions)
     sampler.start()
+    cpu_before = cpu_seconds(_target(args))
     ring(filled.partitions)
     scope = Scope(setup.principal_id, mark, f"{run_id}-d-")
     _watch_drain(engine, scope, args.ops, filled.committed_at, args.settle_timeout, notes)
+    cpu = cpu_used(cpu_before, cpu_seconds(_target(args)))
     batched = store.operation_times(engine, scope)
     result["prefill"] = {
         "mix": args.mix,
@@ -407,6 +409,12 @@ def _drain(
         "partitions": filled.partitions,
     }
     result["drain"] = drain_summary(batched, filled.committed_at)
+    # CPU the drain cost, from the ring until the bench saw the last operation applied: less
+    # sensitive than the rate to other load on the machine.
+    result["drain"]["cpu_s"] = cpu
+    result["drain"]["cpu_ms_per_op"] = {
+        group: round(1000 * seconds / max(1, filled.count), 3) for group, seconds in cpu.items()
+    }
     result["batch_sizes"] = batches.finish(_finished(batched))
 
     baseline_ops: list[OpTimes] = []

@@ -182,6 +182,8 @@ def test_drain_with_the_holds_mix_captures_every_hold_it_names(
     drain = report["drain"]
     # Every capture found its hold open: nothing failed, in the drain or in the baseline.
     assert drain["applied"] == 1500 and drain["statuses"] == {"succeeded": 1500}
+    assert set(drain["cpu_ms_per_op"]) == {"worker", "postgres"}
+    assert drain["cpu_s"]["worker"] > 0 and "CPU per operation" in output
     baseline = report["baseline"]
     assert baseline["applied"] == 1500 and baseline["failed"] == {}
     assert_verified(report)
