@@ -10,7 +10,7 @@ otherwise. The routes differ only in the body they build and whether limits appl
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from uuid import UUID
 
 import structlog
@@ -24,7 +24,7 @@ from api.metrics import OPERATIONS_SUBMITTED
 from api.prefer import parse_prefer_wait
 from api.presenters import batch_out, operation_out
 from api.rawjson import batch_decimal_texts, decimal_texts
-from api.schemas import BatchItem, BatchResponse, OperationOut, OperationRequest
+from api.schemas import BatchItem, BatchResponse, OperationOut, OperationRequest, SubmittedType
 from api.state import Services, services_of
 from domain.idempotency import parse_idempotency_key
 from domain.model import TERMINAL_STATUSES
@@ -46,6 +46,12 @@ Prefer = Annotated[
         description="`wait=N` (N <= 30): answer once the operation is final or after N seconds.",
     ),
 ]
+
+
+def control_request(kind: str, account_id: UUID) -> OperationRequest:
+    """An account control (freeze, unfreeze, close) for `submit_one`: not a type clients submit
+    in a body (api/schemas.py `SubmittedType`), only through its route."""
+    return OperationRequest(type=cast(SubmittedType, kind), account_id=account_id)
 
 
 def location(operation_id: UUID) -> str:

@@ -51,3 +51,13 @@ def batch_decimal_texts(body: bytes, items: int) -> list[dict[str, bytes]]:
         decoded = []
     texts = [_present(t) for t in decoded]
     return texts if len(texts) == items else [{} for _ in range(items)]
+
+
+def field_text(body: bytes, name: str) -> bytes | None:
+    """The raw JSON of one top-level decimal field of a body (an account's `initial_deposit`, an
+    `overdraft_limit`), or None when absent or the body is not a JSON object."""
+    try:
+        raw = msgspec.json.decode(body, type=dict[str, msgspec.Raw]).get(name)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return bytes(raw) if raw is not None else None

@@ -5,10 +5,9 @@ partition's queue, deposit limits, and deposits past them."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
-import msgspec
 import structlog
 from litestar import Controller, Request, Response, get, patch, post, put
 
@@ -16,9 +15,10 @@ from api import intake
 from api.auth import Principal
 from api.errors import ApiError
 from api.metrics import read_queue_facts
-from api.operations import IdempotencyKey, Prefer, submit_one
+from api.operations import IdempotencyKey, Prefer, control_request, submit_one
 from api.pagination import Cursor, Keyset, Limit, page, reads
 from api.presenters import admin_account_out, limits_out, queue_view, user_out
+from api.rawjson import field_text
 from api.schemas import (
     AdminAccountOut,
     AdminAccountPage,
@@ -30,7 +30,6 @@ from api.schemas import (
     OperationOut,
     OperationRequest,
     QueueView,
-    SubmittedType,
     UserPage,
 )
 from api.state import Services, services_of
@@ -87,21 +86,6 @@ async def write_limits(
     return await read_limits(services, subject_kind, subject_id)
 
 
-def control_request(kind: str, account_id: UUID) -> OperationRequest:
-    """A freeze or unfreeze for api/operations.py `submit_one`: not a type clients submit in a
-    body (api/schemas.py `SubmittedType`), only through its route."""
-    return OperationRequest(type=cast(SubmittedType, kind), account_id=account_id)
-
-
-def overdraft_text(body: bytes) -> bytes | None:
-    """`overdraft_limit` as the client wrote it (api/rawjson.py says why that matters)."""
-    try:
-        raw = msgspec.json.decode(body, type=dict[str, msgspec.Raw]).get("overdraft_limit")
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    return bytes(raw) if raw is not None else None
-
-
 def parse_overdraft_limit(value: Decimal, text: bytes | None, currency: str) -> int:
     """An overdraft limit in minor units of `currency`: zero or more, exact in the currency."""
     field = "overdraft_limit"
@@ -132,7 +116,9 @@ async def update_account(
             raise ApiError(404, "account_not_found", "No such customer account.")
         limit = None
         if data.overdraft_limit is not None:
-            limit = parse_overdraft_limit(data.overdraft_limit, overdraft_text(body), row.currency)
+            limit = parse_overdraft_limit(
+                data.overdraft_limit, field_text(body, "overdraft_limit"), row.currency
+            )
         try:
             row = await access.update_customer_account(
                 conn, account_id, name=data.name, overdraft_limit=limit

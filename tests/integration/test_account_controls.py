@@ -274,8 +274,8 @@ async def test_opening_with_a_deposit_is_one_idempotent_request(
 async def test_opening_needs_a_key_and_a_valid_deposit_and_stores_nothing_otherwise(
     alice: LedgerClient, engine: Engine
 ) -> None:
-    assert_problem(await open_account(alice, opening()), 422, "idempotency_key_missing")
-    assert_problem(await open_account(alice, opening(), ""), 422, "idempotency_key_missing")
+    assert_problem(await open_account(alice, opening()), 400, "idempotency_key_missing")
+    assert_problem(await open_account(alice, opening(), ""), 400, "idempotency_key_missing")
     assert_problem(await open_account(alice, opening(), "k" * 256), 400, "idempotency_key_invalid")
     for bad in ("10.001", "0", "-5.00", "1e2", " 1.00", "100000000000000.00"):
         r = await open_account(alice, opening(bad), key())
