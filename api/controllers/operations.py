@@ -147,6 +147,10 @@ class OperationController(Controller):
                 raise ApiError(
                     409, "operation_not_pending", f"The operation is already {current.status}."
                 )
+            # Its operation.cancelled webhook events, in the cancel's own transaction (outbox).
+            from worker.store.webhooks import write_cancelled
+
+            await write_cancelled(conn, row.id)
         log.info("operation_cancelled", operation_id=str(operation_id))
         # Followers (Prefer: wait, SSE, WebSockets) learn it now, as from an applied batch.
         await publish_completions_async(services.redis, [cancelled_completion(row)])

@@ -19,6 +19,14 @@ from domain.model import Account, AccountKind, Operation, OperationStatus, Opera
 from domain.reversals import Original
 from worker.store.fast import Compiled
 from worker.store.tables import accounts, assets, positions
+from worker.store.webhooks import (
+    ANY_ENDPOINT,
+    EVENT_HOLD_COLUMNS,
+    EVENT_OPERATION_COLUMNS,
+    NEW_DELIVERY_ID,
+    event_id_sql,
+    subscribed,
+)
 
 # Advisory locks take (int4, int4): a namespace for ledgerq and the partition number.
 ADVISORY_NAMESPACE = 0x4C51
@@ -286,9 +294,18 @@ def load_refs(conn: Connection, ops: Sequence[Operation]) -> Refs:
 # matched by primary key alone: lock_pending_batch locked them in this transaction while pending,
 # and a status condition here let the planner scan every pending row instead (when the
 # statistics said few were pending).
+# Last, the webhook outbox (worker/store/webhooks.py): each operation's events (operation.<status>,
+# and hold.* for holds, captures and voids that succeeded), joined with the enabled endpoints of
+# its account's owner (and those of every account), from what the status update and the hold
+# upsert RETURN: the rows as this transaction leaves them. Accounts are read only for their owner,
+# which never changes. With no endpoint enabled anywhere the one-time EXISTS skips the join.
+_HOLD_COLUMNS = ", ".join(EVENT_HOLD_COLUMNS)
+_OPERATION_COLUMNS = ", ".join(f"o.{c}" for c in EVENT_OPERATION_COLUMNS)
+_EVENT_ID = event_id_sql("o.id", "ev.type")
+_SUBSCRIBED = subscribed("ev.type", "a.owner_id")
 _WRITE_OUTCOMES = Compiled(
     sa.text(
-        """
+        f"""
         WITH balances AS (
             UPDATE accounts AS a
             SET balance = v.balance, held = v.held, frozen = v.frozen,
@@ -319,6 +336,7 @@ _WRITE_OUTCOMES = Compiled(
             SET captured = EXCLUDED.captured, released = EXCLUDED.released,
                 status = EXCLUDED.status, closed_at = EXCLUDED.closed_at,
                 closed_by = EXCLUDED.closed_by
+            RETURNING {_HOLD_COLUMNS}
         ), reversed AS (
             UPDATE operations AS o SET reversed_amount = v.total, updated_at = clock_timestamp()
             FROM unnest(CAST(:reversed_ids AS uuid[]), CAST(:reversed_totals AS bigint[]))
@@ -344,19 +362,43 @@ _WRITE_OUTCOMES = Compiled(
             ) AS v(account_id, asset_id, units, invested)
             ON CONFLICT (account_id, asset_id) DO UPDATE
             SET units = EXCLUDED.units, invested = EXCLUDED.invested, updated_at = EXCLUDED.updated_at
+        ), applied AS (
+            UPDATE operations AS o
+            SET status = v.status, error_code = v.error_code, error_message = v.error_message,
+                applied_at = clock_timestamp(), updated_at = clock_timestamp(),
+                amount = COALESCE(v.amount, o.amount), quantity = COALESCE(v.quantity, o.quantity),
+                price = COALESCE(v.price, o.price)
+            FROM unnest(
+                CAST(:ids AS uuid[]), CAST(:statuses AS text[]),
+                CAST(:error_codes AS text[]), CAST(:error_messages AS text[]),
+                CAST(:amounts AS bigint[]), CAST(:quantities AS bigint[]), CAST(:prices AS bigint[])
+            ) AS v(id, status, error_code, error_message, amount, quantity, price)
+            WHERE o.id = v.id
+            RETURNING {_OPERATION_COLUMNS}
         )
-        UPDATE operations AS o
-        SET status = v.status, error_code = v.error_code, error_message = v.error_message,
-            applied_at = clock_timestamp(), updated_at = clock_timestamp(),
-            amount = COALESCE(v.amount, o.amount), quantity = COALESCE(v.quantity, o.quantity),
-            price = COALESCE(v.price, o.price)
-        FROM unnest(
-            CAST(:ids AS uuid[]), CAST(:statuses AS text[]),
-            CAST(:error_codes AS text[]), CAST(:error_messages AS text[]),
-            CAST(:amounts AS bigint[]), CAST(:quantities AS bigint[]), CAST(:prices AS bigint[])
-        ) AS v(id, status, error_code, error_message, amount, quantity, price)
-        WHERE o.id = v.id
-        """
+        INSERT INTO webhook_deliveries
+            (id, event_id, endpoint_id, event_type, operation_id, payload)
+        SELECT {NEW_DELIVERY_ID}, {_EVENT_ID}, w.id, ev.type, o.id,
+               CASE WHEN h.id IS NOT NULL AND starts_with(ev.type, 'hold.')
+                    THEN jsonb_build_object('operation', to_jsonb(o), 'hold', to_jsonb(h))
+                    ELSE jsonb_build_object('operation', to_jsonb(o)) END
+        FROM applied AS o
+        JOIN accounts AS a ON a.id = o.account_id
+        LEFT JOIN settled_holds AS h
+            ON o.status = 'succeeded' AND o.type IN ('hold', 'capture', 'void')
+           AND h.id = COALESCE(o.hold_id, o.id)
+        CROSS JOIN LATERAL (
+            VALUES ('operation.' || o.status),
+                   (CASE WHEN h.id IS NULL THEN NULL
+                         WHEN o.type = 'hold' THEN 'hold.created'
+                         WHEN o.type = 'capture' THEN 'hold.captured'
+                         WHEN h.status = 'expired' THEN 'hold.expired'
+                         ELSE 'hold.voided' END)
+        ) AS ev(type)
+        JOIN webhook_endpoints AS w ON {_SUBSCRIBED}
+        WHERE {ANY_ENDPOINT}
+        ON CONFLICT (event_id, endpoint_id) DO NOTHING
+        """  # noqa: S608 (constant fragments, no input)
     )
 )
 

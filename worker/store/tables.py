@@ -326,3 +326,82 @@ deposit_limits = sa.Table(
         name="limits_positive",
     ),
 )
+
+# Webhooks (domain/webhooks.py). An endpoint receives the events of its owner's accounts (the
+# owner of an operation's `account_id`), or of every account when owner_id is NULL (the admin's).
+# The secret signs deliveries, so it is stored as is (the database holds it, like the data the
+# events carry); a rotated-out one keeps signing too until previous_secret_expires_at.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("owner_id", UUID(as_uuid=True), sa.ForeignKey("users.id"), nullable=True),
+    # Who registered it: a user's id, or the master key's (no user).
+    sa.Column("created_by", UUID(as_uuid=True), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("events", ARRAY(sa.Text), nullable=False),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("previous_secret", sa.Text, nullable=True),
+    _timestamp("previous_secret_expires_at", nullable=True),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("disabled_reason", sa.Text, nullable=True),
+    _timestamp("disabled_at", nullable=True),
+    # The first failed attempt since the last success: failing for LEDGERQ_WEBHOOK_RETRY_PERIOD
+    # disables the endpoint.
+    _timestamp("failing_since", nullable=True),
+    _timestamp("created_at"),
+    _timestamp("updated_at"),
+    sa.CheckConstraint("enabled = (disabled_at IS NULL)", name="disabled_at"),
+    # The apply transaction joins a batch's account owners with the enabled endpoints.
+    sa.Index("ix_webhook_endpoints_owner_id_id", "owner_id", "id"),
+)
+
+# The outbox: one row per event and endpoint, written in the transaction that applied (or
+# cancelled) the operation, so an event exists exactly when its operation's outcome does. The
+# dispatcher (worker/webhooks.py) claims due rows, POSTs them and records each attempt.
+WEBHOOK_DELIVERY_STATUSES = ("pending", "succeeded", "failed")
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    # UUIDv7, made by the SQL that writes the row.
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    # domain/webhooks.py event_id: the same for every endpoint and every attempt.
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False),
+    sa.Column(
+        "endpoint_id",
+        UUID(as_uuid=True),
+        sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("event_type", sa.Text, nullable=False),
+    # No foreign key: the apply statement would check it for every row it writes.
+    sa.Column("operation_id", UUID(as_uuid=True), nullable=False),
+    # The operation (and hold) rows as the transaction left them: the body is fixed when written.
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # When a dispatcher may take it next; while one holds it, the end of its claim.
+    _timestamp("next_attempt_at"),
+    # The claim of the dispatcher delivering it now: only that one records the attempt.
+    sa.Column("claim", UUID(as_uuid=True), nullable=True),
+    # No retry after this; NULL: created_at + LEDGERQ_WEBHOOK_RETRY_PERIOD.
+    _timestamp("give_up_at", nullable=True),
+    _timestamp("last_attempt_at", nullable=True),
+    sa.Column("last_status_code", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_duration_ms", sa.Integer, nullable=True),
+    # The latest attempts, oldest first: at, duration_ms, status_code, error.
+    sa.Column("attempt_log", JSONB, nullable=False, server_default="[]"),
+    _timestamp("created_at"),
+    _timestamp("delivered_at", nullable=True),
+    sa.CheckConstraint(f"status IN {_sql_list(WEBHOOK_DELIVERY_STATUSES)}", name="status"),
+    sa.UniqueConstraint("event_id", "endpoint_id"),
+    # The dispatcher's work list: pending rows by due time.
+    sa.Index(
+        "ix_webhook_deliveries_due",
+        "next_attempt_at",
+        postgresql_where=sa.text("status = 'pending'"),
+    ),
+    sa.Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+)
