@@ -25,6 +25,7 @@ from api.controllers.investments import (
     follow_captado,
 )
 from api.controllers.operations import OperationController
+from api.controllers.statements import StatementController
 from api.errors import (
     ProblemResponsesPlugin,
     internal_error_handler,
@@ -84,6 +85,7 @@ def create_litestar(settings: Settings | None = None) -> Litestar:
             AuthController,
             ApiKeyController,
             AccountController,
+            StatementController,
             OperationController,
             HoldController,
             AdminController,

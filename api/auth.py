@@ -116,6 +116,7 @@ ACCESS: dict[str, str] = {
     "listAccounts": ACCOUNTS_READ,
     "getAccount": ACCOUNTS_READ,
     "listEntries": ACCOUNTS_READ,
+    "getStatement": ACCOUNTS_READ,
     "updateAccount": OPERATIONS_WRITE,
     "closeAccount": OPERATIONS_WRITE,
     "listHolds": ACCOUNTS_READ,
