@@ -143,6 +143,16 @@ class Call(Generic[T]):
         )
 
 
+# The API sends a comment on a quiet event stream every 15 seconds.
+STREAM_READ_TIMEOUT = 60.0
+
+
+def stream_timeout(default: httpx.Timeout) -> httpx.Timeout:
+    """An event stream may be quiet between keep-alives: the read timeout allows for them."""
+    read = None if default.read is None else max(default.read, STREAM_READ_TIMEOUT)
+    return httpx.Timeout(connect=default.connect, read=read, write=default.write, pool=default.pool)
+
+
 def path_of(route: str, /, **ids: UUID | str) -> tuple[str, str]:
     method, template = ROUTES[route]
     return method, template.format(**{name: str(value) for name, value in ids.items()})

@@ -24,6 +24,7 @@ from ledgerq_client._core import (
     path_of,
     problem_of,
     signature_with_self,
+    stream_timeout,
 )
 from ledgerq_client.errors import TransportError
 from ledgerq_client.models import Operation, Page
@@ -230,7 +231,7 @@ class LedgerqClient:
         (then the iterator ends; an operation already final gives one)."""
         method, path = path_of("followOperation", operation_id=operation_id)
         headers = {**self._auth, "Accept": "text/event-stream"}
-        timeout = httpx.Timeout(self._timeout.connect, read=None)
+        timeout = stream_timeout(self._timeout)
         with self._http.stream(
             method, self.base_url + path, headers=headers, timeout=timeout
         ) as response:
