@@ -26,6 +26,7 @@ from api.controllers.investments import (
 )
 from api.controllers.operations import OperationController
 from api.controllers.statements import StatementController
+from api.controllers.webhooks import WebhookController
 from api.errors import (
     ProblemResponsesPlugin,
     internal_error_handler,
@@ -96,6 +97,7 @@ def create_litestar(settings: Settings | None = None) -> Litestar:
             follow_captado,
             follow_operation,
             follow_account,
+            WebhookController,
         ],
         middleware=middleware,
         # Logging is configured above (worker/logging_setup.py), not by Litestar's defaults.

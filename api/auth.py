@@ -150,6 +150,16 @@ ACCESS: dict[str, str] = {
     "listClientAllocations": ADMIN,
     "getCaptado": ADMIN,
     "followCaptado": ADMIN,
+    # Webhooks push the events accounts:read could read; the admin's may cover every account.
+    "createWebhook": CATALOG_READ,
+    "listWebhooks": CATALOG_READ,
+    "getWebhook": CATALOG_READ,
+    "deleteWebhook": CATALOG_READ,
+    "rotateWebhookSecret": CATALOG_READ,
+    "disableWebhook": CATALOG_READ,
+    "enableWebhook": CATALOG_READ,
+    "listWebhookDeliveries": CATALOG_READ,
+    "retryWebhookDelivery": CATALOG_READ,
 }
 
 

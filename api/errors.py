@@ -216,6 +216,9 @@ ROUTE_PROBLEMS: dict[str, set[int]] = {
     "adminReversal": {409, 503},
     "createAsset": {409},
     "listQueues": {503},
+    # 409 webhook_limit_reached; webhook_disabled.
+    "createWebhook": {409},
+    "retryWebhookDelivery": {409},
 }
 
 

@@ -50,6 +50,10 @@ from api.schemas import (
     Problem,
     QueueView,
     UserOut,
+    WebhookAttemptOut,
+    WebhookDeliveryOut,
+    WebhookOut,
+    WebhookWithSecret,
 )
 from domain.investments import ClientTotals
 from domain.limits import USER, Limits, Window, standing
@@ -451,4 +455,57 @@ def cancelled_completion(row: Any) -> Completion:
         account_id=str(row.account_id),
         to_account_id=str(row.to_account_id) if row.to_account_id is not None else None,
         type=row.type,
+    )
+
+
+# ---------------------------------------------------------------- webhooks
+
+
+def webhook_out(row: Any) -> WebhookOut:
+    return WebhookOut(
+        id=row.id,
+        url=row.url,
+        events=list(row.events),
+        description=row.description,
+        all_accounts=row.owner_id is None,
+        owner_id=row.owner_id,
+        enabled=row.enabled,
+        disabled_reason=row.disabled_reason,
+        disabled_at=row.disabled_at,
+        failing_since=row.failing_since,
+        previous_secret_expires_at=row.previous_secret_expires_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def webhook_with_secret(row: Any, secret: str) -> WebhookWithSecret:
+    """A new or rotated endpoint with its secret (shown in this answer only)."""
+    return WebhookWithSecret(**msgspec.structs.asdict(webhook_out(row)), secret=secret)
+
+
+def webhook_delivery_out(row: Any) -> WebhookDeliveryOut:
+    return WebhookDeliveryOut(
+        id=row.id,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        operation_id=row.operation_id,
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
+        last_attempt_at=row.last_attempt_at,
+        last_status_code=row.last_status_code,
+        last_error=row.last_error,
+        last_duration_ms=row.last_duration_ms,
+        attempt_log=[
+            WebhookAttemptOut(
+                at=dt.datetime.fromisoformat(entry["at"]),
+                duration_ms=entry["duration_ms"],
+                status_code=entry.get("status_code"),
+                error=entry.get("error"),
+            )
+            for entry in row.attempt_log or []
+        ],
+        created_at=row.created_at,
+        delivered_at=row.delivered_at,
     )

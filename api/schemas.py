@@ -692,3 +692,135 @@ class AccountUpdate(Struct, kw_only=True, tag="operation", tag_field="type"):
     balance_after: str | None
     # The account as it is now (later operations of the same batch included).
     account: AccountOut
+
+
+# ---------------------------------------------------------------- webhooks
+
+WebhookEventType = Literal[
+    "operation.succeeded",
+    "operation.failed",
+    "operation.cancelled",
+    "hold.created",
+    "hold.captured",
+    "hold.voided",
+    "hold.expired",
+]
+
+
+class WebhookCreate(Body):
+    url: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=2048,
+            description="An http or https URL, without credentials or fragment, whose host "
+            "resolves to public addresses only (LEDGERQ_WEBHOOKS_ALLOW_PRIVATE allows private ones). "
+            "Events are POSTed to it; redirects are not followed.",
+            examples=["https://example.com/ledgerq/events"],
+        ),
+    ]
+    events: Annotated[
+        list[WebhookEventType],
+        Meta(min_length=1, max_length=7, description="The event types sent to it."),
+    ]
+    description: Annotated[str, Meta(max_length=500)] | None = None
+    all_accounts: Annotated[
+        bool,
+        Meta(
+            description="The admin only: the events of every account (the master key's "
+            "endpoints always are). Otherwise: the events of your own accounts."
+        ),
+    ] = False
+
+
+class WebhookOut(Struct, kw_only=True):
+    id: UUID
+    url: str
+    events: list[str]
+    description: str | None
+    all_accounts: Annotated[bool, Meta(description="Every account's events (the admin's).")]
+    owner_id: Annotated[
+        UUID | None, Meta(description="Whose accounts' events it gets; null: every account's.")
+    ]
+    enabled: bool
+    disabled_reason: Annotated[
+        str | None,
+        Meta(description="Why it is disabled: by whom, or after its deliveries failed too long."),
+    ]
+    disabled_at: dt.datetime | None
+    failing_since: Annotated[
+        dt.datetime | None,
+        Meta(description="Its first failed attempt since the last success; null: not failing."),
+    ]
+    previous_secret_expires_at: Annotated[
+        dt.datetime | None,
+        Meta(
+            description="After a rotation: until when the previous secret still signs too (a "
+            "second `v1` in `Ledgerq-Signature`)."
+        ),
+    ]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class WebhookWithSecret(WebhookOut, kw_only=True):
+    secret: Annotated[
+        str,
+        Meta(
+            description="Signs every delivery (HMAC-SHA256, `Ledgerq-Signature`). Shown only in "
+            "this answer; a rotation shows the new one."
+        ),
+    ]
+
+
+WebhookPage = Annotated[Page[WebhookOut], named_page("WebhookPage")]
+
+
+class WebhookSecretRotation(Body):
+    previous_secret_valid_for: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=7 * 24 * 3600,
+            description="Seconds the current secret keeps signing alongside the new one, so "
+            "receivers can switch; 0: it stops now.",
+        ),
+    ] = 24 * 3600
+
+
+class WebhookAttemptOut(Struct, kw_only=True):
+    at: dt.datetime
+    duration_ms: int
+    status_code: Annotated[int | None, Meta(description="The receiver's HTTP status; null: none.")]
+    error: Annotated[
+        str | None, Meta(description="What failed: a timeout, a refused connection, a status.")
+    ]
+
+
+class WebhookDeliveryOut(Struct, kw_only=True):
+    id: UUID
+    event_id: Annotated[
+        UUID, Meta(description="The event's id (`Ledgerq-Event-Id`): the same on every attempt.")
+    ]
+    event_type: str
+    operation_id: UUID
+    status: Annotated[
+        Literal["pending", "succeeded", "failed"],
+        Meta(description="pending: to be tried (again); failed: given up after the retry period."),
+    ]
+    attempts: int
+    next_attempt_at: Annotated[
+        dt.datetime | None, Meta(description="When it is tried next; null unless pending.")
+    ]
+    last_attempt_at: dt.datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    last_duration_ms: int | None
+    attempt_log: Annotated[
+        list[WebhookAttemptOut], Meta(description="The latest attempts (up to 20), oldest first.")
+    ]
+    created_at: dt.datetime
+    delivered_at: dt.datetime | None
+
+
+WebhookDeliveryPage = Annotated[Page[WebhookDeliveryOut], named_page("WebhookDeliveryPage")]

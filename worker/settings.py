@@ -89,6 +89,46 @@ VARIABLES: tuple[Var, ...] = (
         "PostgreSQL connections one process holds at most, all its pools together (at least 3). "
         "An API process splits them between its pools; a worker process holds at most 2.",
     ),
+    Var(
+        "LEDGERQ_WEBHOOK_TIMEOUT",
+        "5",
+        "Seconds a webhook delivery may take to connect, and to send or read each part; a slower "
+        "receiver fails the attempt, which is retried.",
+    ),
+    Var(
+        "LEDGERQ_WEBHOOK_RETRY_PERIOD",
+        "259200",
+        "Seconds a webhook delivery is retried before it gives up (3 days); an endpoint whose "
+        "deliveries all failed for this long is disabled, with the reason.",
+    ),
+    Var(
+        "LEDGERQ_WEBHOOK_BACKOFF_BASE",
+        "10",
+        "Seconds before a failed webhook delivery's first retry; each later wait doubles (half of "
+        "it random jitter).",
+    ),
+    Var(
+        "LEDGERQ_WEBHOOK_BACKOFF_MAX",
+        "3600",
+        "Longest wait between two tries of a webhook delivery, in seconds.",
+    ),
+    Var(
+        "LEDGERQ_WEBHOOK_INTERVAL",
+        "1",
+        "Seconds between beat's rings of the webhook dispatcher, which then sends what is due: "
+        "how late an event may go out at most, when nothing else rang.",
+    ),
+    Var(
+        "LEDGERQ_WEBHOOK_CONCURRENCY",
+        "8",
+        "Webhook deliveries one dispatcher (`ledgerq dispatcher`) makes at once (its threads).",
+    ),
+    Var(
+        "LEDGERQ_WEBHOOKS_ALLOW_PRIVATE",
+        "false",
+        "`true` lets webhook endpoints resolve to loopback, private and link-local addresses (for "
+        "development and tests; `ledgerq dev` sets it). `false`: only public addresses.",
+    ),
     Var("LEDGERQ_DATA_DIR", ".ledgerq", "Where `ledgerq dev` keeps the embedded servers' data."),
     Var("LEDGERQ_LOG_FORMAT", "console", "`console` (readable) or `json` (production)."),
     Var("LEDGERQ_LOG_LEVEL", "INFO", "Log level."),
@@ -192,6 +232,12 @@ class Env:
     def secret(self, name: str) -> str | None:
         return _secret(self.env, name)
 
+    def flag(self, name: str) -> bool:
+        value = self.get(name).strip().lower()
+        if value not in ("true", "false", "1", "0", "yes", "no"):
+            raise SettingsError(f"{name} must be true or false, got {value!r}")
+        return value in ("true", "1", "yes")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -212,6 +258,13 @@ class Settings:
     sweep_interval: float
     sweep_age: float
     db_pool_size: int
+    webhook_timeout: float
+    webhook_retry_period: float
+    webhook_backoff_base: float
+    webhook_backoff_max: float
+    webhook_interval: float
+    webhook_concurrency: int
+    webhooks_allow_private: bool
     data_dir: str
     log_format: str
     log_level: str
@@ -245,6 +298,15 @@ class Settings:
             "sweep_interval": float(env.number("LEDGERQ_SWEEP_INTERVAL", 1, 3600)),
             "sweep_age": float(env.number("LEDGERQ_SWEEP_AGE", 1, 3600)),
             "db_pool_size": env.number("LEDGERQ_DB_POOL_SIZE", 3, 500),
+            "webhook_timeout": float(env.number("LEDGERQ_WEBHOOK_TIMEOUT", 1, 60)),
+            "webhook_retry_period": float(
+                env.number("LEDGERQ_WEBHOOK_RETRY_PERIOD", 1, 30 * 24 * 3600)
+            ),
+            "webhook_backoff_base": float(env.number("LEDGERQ_WEBHOOK_BACKOFF_BASE", 1, 3600)),
+            "webhook_backoff_max": float(env.number("LEDGERQ_WEBHOOK_BACKOFF_MAX", 1, 24 * 3600)),
+            "webhook_interval": float(env.number("LEDGERQ_WEBHOOK_INTERVAL", 1, 3600)),
+            "webhook_concurrency": env.number("LEDGERQ_WEBHOOK_CONCURRENCY", 1, 64),
+            "webhooks_allow_private": env.flag("LEDGERQ_WEBHOOKS_ALLOW_PRIVATE"),
             "data_dir": env.get("LEDGERQ_DATA_DIR"),
             "log_format": log_format,
             "log_level": env.get("LEDGERQ_LOG_LEVEL").upper(),

@@ -206,6 +206,14 @@ async def endpoint(conn: AsyncConnection, endpoint_id: UUID, owner: UUID | None)
     return (await conn.execute(query)).one_or_none()
 
 
+async def endpoint_url(conn: AsyncConnection, endpoint_id: UUID, owner: UUID | None) -> str | None:
+    query = sa.select(webhook_endpoints.c.url).where(
+        webhook_endpoints.c.id == endpoint_id, _visible(owner)
+    )
+    url: str | None = (await conn.execute(query)).scalar_one_or_none()
+    return url
+
+
 async def delete_endpoint(conn: AsyncConnection, endpoint_id: UUID, owner: UUID | None) -> bool:
     """Delete the endpoint and its deliveries (ON DELETE CASCADE)."""
     result = await conn.execute(
