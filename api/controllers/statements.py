@@ -118,8 +118,14 @@ def invalid(field: str, detail: str) -> ApiError:
 
 def check_period(since: dt.datetime | None, until: dt.datetime | None) -> None:
     for name, value in (("from", since), ("to", until)):
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            continue
+        if value.tzinfo is None:
             raise invalid(name, f"{name} needs a time zone offset")
+        try:  # 0001-01-01T00:00:00+01:00 is no instant PostgreSQL (or Python) can answer with
+            value.astimezone(dt.UTC)
+        except OverflowError:
+            raise invalid(name, f"{name} is out of range") from None
     if since is not None and until is not None and since >= until:
         raise invalid("from", "from must be before to")
 

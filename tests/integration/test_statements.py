@@ -173,6 +173,8 @@ async def test_invalid_periods_are_422(alice: LedgerClient) -> None:
         ({"from": (now + dt.timedelta(days=1)).isoformat()}, "from"),  # after now
         ({"from": (now + dt.timedelta(days=1)).isoformat(), "to": (now + dt.timedelta(days=2)).isoformat()}, "from"),
         ({"to": (now - dt.timedelta(days=1)).isoformat()}, "to"),  # before the opening
+        ({"from": "0001-01-01T00:00:00+01:00"}, "from"),  # before year 1 in UTC
+        ({"to": "9999-12-31T23:59:59-01:00"}, "to"),  # after year 9999 in UTC
         ({"from": "yesterday"}, None),
         ({"format": "xlsx"}, None),
     ]  # fmt: skip
