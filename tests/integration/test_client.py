@@ -296,6 +296,50 @@ def test_batches_and_the_metadata_filter(user: User) -> None:
     assert lq.get_account(account.id).balance == Decimal("7.00")
 
 
+def test_statements(user: User) -> None:
+    lq = user.client
+    account = lq.create_account("main", "checking", "USD")
+    first = lq.submit("deposit", account_id=account.id, amount="30.00", wait=10)
+    middle = lq.get_account(account.id).updated_at
+    lq.submit("withdrawal", account_id=account.id, amount="4.50", category="=cmd", wait=10)
+    entries = list(lq.iter_entries(account.id))
+    since = entries[-1].created_at + dt.timedelta(microseconds=1)  # after the deposit
+    statement = lq.get_statement(account.id, since=since)
+    assert (statement.account_id, statement.currency) == (account.id, "USD")
+    assert (statement.opening_balance, statement.closing_balance) == (
+        Decimal("30.00"),
+        Decimal("25.50"),
+    )
+    assert [e.amount for e in statement.entries] == [Decimal("-4.50")]
+    assert statement.from_ == since
+    whole = lq.get_statement(account.id)
+    assert whole.entries[0].operation_id == first.id and len(whole.entries) == 2
+    assert whole.opening_balance == Decimal("0.00") and middle <= whole.to
+
+    csv = b"".join(lq.stream_statement_csv(account.id)).decode()
+    rows = csv.split("\r\n")
+    assert rows[0].startswith("row_type,time,entry_id")
+    assert rows[1].startswith("opening_balance,") and rows[-2].startswith("closing_balance,")
+    assert [r.split(",")[0] for r in rows[2:-2]] == ["entry", "entry"]
+    assert "'=cmd" in csv  # the spreadsheet formula guard
+    with pytest.raises(NotFound) as missing:
+        b"".join(lq.stream_statement_csv(uuid4()))
+    assert missing.value.code == "account_not_found"
+    with pytest.raises(Unprocessable) as backwards:
+        lq.get_statement(account.id, since=whole.to, until=since)
+    assert backwards.value.code == "validation_error"
+
+
+async def test_the_async_client_streams_a_statement(api_url: str, user: User) -> None:
+    account = user.client.create_account("main", "checking", "USD")
+    user.client.submit("deposit", account_id=account.id, amount="1.00", wait=10)
+    async with AsyncLedgerqClient(api_url, basic=(user.username, PASSWORD)) as lq:
+        statement = await lq.get_statement(account.id)
+        csv = b"".join([chunk async for chunk in lq.stream_statement_csv(account.id)])
+    assert statement.closing_balance == Decimal("1.00") and len(statement.entries) == 1
+    assert csv.decode().count("\r\nentry,") == 1
+
+
 def test_following_an_operation_as_events(user: User) -> None:
     lq = user.client
     account = lq.create_account("main", "checking", "USD")

@@ -39,6 +39,7 @@ from ledgerq_client.models import (
     Hold,
     Operation,
     Page,
+    Statement,
     SubmittedOperation,
 )
 from ledgerq_client.retry import NO_RETRY, RetryPolicy
@@ -66,6 +67,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "SignatureError",
+    "Statement",
     "SubmittedOperation",
     "TransportError",
     "Unauthorized",

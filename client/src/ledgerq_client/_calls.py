@@ -49,6 +49,7 @@ from ledgerq_client.models import (
     PriceSeries,
     PricesUpserted,
     QueueView,
+    Statement,
     SubmittedOperation,
     Token,
     TokenRevocation,
@@ -293,6 +294,26 @@ def list_entries(
     return _get("listEntries", Page[Entry], params, account_id=account_id)
 
 
+def get_statement(
+    account_id: Id, *, since: dt.datetime | None = None, until: dt.datetime | None = None
+) -> Call[Statement]:
+    """The account's statement for [since, until) (aware datetimes; default: from its opening
+    until now): the opening balance, every entry of the period oldest first, the closing
+    balance. Read whole into memory: for a long period of a busy account, stream the CSV
+    (`stream_statement_csv`)."""
+    params = query(("from", since), ("to", until), ("format", "json"))
+    return _get("getStatement", Statement, params, account_id=account_id)
+
+
+def _statement_csv(
+    account_id: Id, since: dt.datetime | None, until: dt.datetime | None
+) -> Call[None]:
+    """The statement as CSV, for the clients' `stream_statement_csv`."""
+    method, path = path_of("getStatement", account_id=account_id)
+    params = query(("from", since), ("to", until), ("format", "csv"))
+    return Call(method, path, no_content, params=params, headers={"Accept": "text/csv"})
+
+
 # ---------------------------------------------------------------- operations
 
 
@@ -377,6 +398,12 @@ def list_operations(
         *pairs,
     )
     return _get("listOperations", Page[Operation], params)
+
+
+def _follow_operation(operation_id: Id) -> Call[None]:
+    """The operation's server-sent events, for the clients' `follow_operation`."""
+    method, path = path_of("followOperation", operation_id=operation_id)
+    return Call(method, path, no_content, headers={"Accept": "text/event-stream"})
 
 
 def cancel_operation(operation_id: Id) -> Call[Operation]:

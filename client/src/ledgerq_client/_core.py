@@ -47,6 +47,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "updateAccount": ("PATCH", "/api/v1/accounts/{account_id}"),
     "closeAccount": ("POST", "/api/v1/accounts/{account_id}/close"),
     "listEntries": ("GET", "/api/v1/accounts/{account_id}/entries"),
+    "getStatement": ("GET", "/api/v1/accounts/{account_id}/statement"),
     # operations
     "submitOperation": ("POST", "/api/v1/operations"),
     "submitOperationBatch": ("POST", "/api/v1/operations/batch"),

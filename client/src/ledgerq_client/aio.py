@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
 import math
 import time
@@ -22,7 +24,6 @@ from ledgerq_client._core import (
     auth_headers,
     build_request,
     finish,
-    path_of,
     problem_of,
     signature_with_self,
     stream_timeout,
@@ -210,6 +211,21 @@ class AsyncLedgerqClient:
     close_account = _method(_calls.close_account)
     list_entries = _method(_calls.list_entries)
     iter_entries = _pages(_calls.list_entries)
+    get_statement = _method(_calls.get_statement)
+
+    async def stream_statement_csv(
+        self,
+        account_id: Id,
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The account's statement for [since, until) as CSV (RFC 4180: a header row, an
+        `opening_balance` row, one `entry` row per entry oldest first, a `closing_balance`
+        row), in chunks as the API streams it: write them to a file. Not retried."""
+        async with self._stream(_calls._statement_csv(account_id, since, until)) as response:
+            async for chunk in response.aiter_bytes():
+                yield chunk
 
     # ------------------------------------------------------------ operations and holds
 
@@ -236,21 +252,31 @@ class AsyncLedgerqClient:
 
     async def follow_operation(self, operation_id: Id) -> AsyncIterator[Operation]:
         """The operation's states as server-sent events: as it is now, then its final state
-        (then the iterator ends; an operation already final gives one)."""
-        method, path = path_of("followOperation", operation_id=operation_id)
-        headers = {**self._auth, "Accept": "text/event-stream"}
-        timeout = stream_timeout(self._timeout)
-        async with self._http.stream(
-            method, self.base_url + path, headers=headers, timeout=timeout
-        ) as response:
-            if not response.is_success:
-                await response.aread()
-                raise problem_of(response)
+        (then the iterator ends; an operation already final gives one). Not retried."""
+        async with self._stream(_calls._follow_operation(operation_id)) as response:
             parser = EventParser()
             async for line in response.aiter_lines():
                 event = parser.feed(line.rstrip("\r\n"))
                 if event is not None and event.event == "operation":
                     yield msgspec.json.decode(event.data, type=Operation)
+
+    @contextlib.asynccontextmanager
+    async def _stream(self, call: Call[None]) -> AsyncIterator[httpx.Response]:
+        """A streamed answer (its problem raised); transport errors as `TransportError`."""
+        request = build_request(
+            self._http, self.base_url, call, self._auth, stream_timeout(self._timeout)
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+            try:
+                if not response.is_success:
+                    await response.aread()
+                    raise problem_of(response)
+                yield response
+            finally:
+                await response.aclose()
+        except httpx.TransportError as exc:
+            raise TransportError(f"{call.method} {call.path}: {type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------ investments
 

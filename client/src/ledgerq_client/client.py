@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
 import math
 import time
@@ -21,7 +23,6 @@ from ledgerq_client._core import (
     build_request,
     events,
     finish,
-    path_of,
     problem_of,
     signature_with_self,
     stream_timeout,
@@ -202,6 +203,20 @@ class LedgerqClient:
     close_account = _method(_calls.close_account)
     list_entries = _method(_calls.list_entries)
     iter_entries = _pages(_calls.list_entries)
+    get_statement = _method(_calls.get_statement)
+
+    def stream_statement_csv(
+        self,
+        account_id: Id,
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> Iterator[bytes]:
+        """The account's statement for [since, until) as CSV (RFC 4180: a header row, an
+        `opening_balance` row, one `entry` row per entry oldest first, a `closing_balance`
+        row), in chunks as the API streams it: write them to a file. Not retried."""
+        with self._stream(_calls._statement_csv(account_id, since, until)) as response:
+            yield from response.iter_bytes()
 
     # ------------------------------------------------------------ operations and holds
 
@@ -228,19 +243,29 @@ class LedgerqClient:
 
     def follow_operation(self, operation_id: Id) -> Iterator[Operation]:
         """The operation's states as server-sent events: as it is now, then its final state
-        (then the iterator ends; an operation already final gives one)."""
-        method, path = path_of("followOperation", operation_id=operation_id)
-        headers = {**self._auth, "Accept": "text/event-stream"}
-        timeout = stream_timeout(self._timeout)
-        with self._http.stream(
-            method, self.base_url + path, headers=headers, timeout=timeout
-        ) as response:
-            if not response.is_success:
-                response.read()
-                raise problem_of(response)
+        (then the iterator ends; an operation already final gives one). Not retried."""
+        with self._stream(_calls._follow_operation(operation_id)) as response:
             for event in events(response.iter_lines()):
                 if event.event == "operation":
                     yield msgspec.json.decode(event.data, type=Operation)
+
+    @contextlib.contextmanager
+    def _stream(self, call: Call[None]) -> Iterator[httpx.Response]:
+        """A streamed answer (its problem raised); transport errors as `TransportError`."""
+        request = build_request(
+            self._http, self.base_url, call, self._auth, stream_timeout(self._timeout)
+        )
+        try:
+            response = self._http.send(request, stream=True)
+            try:
+                if not response.is_success:
+                    response.read()
+                    raise problem_of(response)
+                yield response
+            finally:
+                response.close()
+        except httpx.TransportError as exc:
+            raise TransportError(f"{call.method} {call.path}: {type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------ investments
 

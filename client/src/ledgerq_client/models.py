@@ -54,6 +54,7 @@ __all__ = [
     "PricesUpserted",
     "Problem",
     "QueueView",
+    "Statement",
     "SubmittedOperation",
     "Token",
     "TokenRevocation",
@@ -161,6 +162,19 @@ class Entry(Model, kw_only=True):
     category: str | None
     description: str | None
     created_at: dt.datetime
+
+
+class Statement(Model, kw_only=True):
+    """An account's statement for a period: the balance at `from_` (the JSON's `from`), every
+    entry dated in [from_, to) oldest first, and the balance at `to`."""
+
+    account_id: UUID
+    currency: str
+    from_: dt.datetime = msgspec.field(name="from")
+    to: dt.datetime
+    opening_balance: Decimal
+    closing_balance: Decimal
+    entries: list[Entry]
 
 
 # ---------------------------------------------------------------- operations and holds
