@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from uuid import UUID, uuid4
 
 import httpx
@@ -36,7 +37,10 @@ from ledgerq_client import (
     Unprocessable,
 )
 from ledgerq_client._core import ROUTES
+from ledgerq_client.webhooks import sign, verify_signature
 from sqlalchemy import Engine
+
+from tests.integration.support import Process, extra_api
 
 PASSWORD = "correct-horse-battery"
 
@@ -472,6 +476,80 @@ def test_probes(api_url: str) -> None:
         assert lq.health().status == "ok"
         ready = lq.ready()
         assert ready.status == "ok" and ready.checks["postgres"] == "ok"
+
+
+# ---------------------------------------------------------------- webhooks
+
+
+@pytest.fixture(scope="module")
+def webhook_api(
+    service_env: dict[str, str], logs_dir: Path, worker: Process, beat: Process
+) -> Iterator[str]:
+    """An API process of its own that accepts private endpoint URLs (127.0.0.1)."""
+    with extra_api(
+        "client-webhook-api", service_env, logs_dir, LEDGERQ_WEBHOOKS_ALLOW_PRIVATE="true"
+    ) as url:
+        yield url
+
+
+def test_webhook_routes(webhook_api: str, api_url: str) -> None:
+    user = _register(webhook_api, "client-wh")
+    lq = user.client
+    created = lq.create_webhook(
+        "http://127.0.0.1:9/hook",
+        ["operation.succeeded", "operation.failed"],
+        description="ledger sync",
+    )
+    assert created.secret.startswith("whsec_") and created.owner_id == user.id
+    assert (created.events, created.enabled) == (["operation.succeeded", "operation.failed"], True)
+    assert [w.id for w in lq.iter_webhooks()] == [created.id]
+    assert lq.get_webhook(created.id).description == "ledger sync"
+
+    rotated = lq.rotate_webhook_secret(created.id, previous_secret_valid_for=600)
+    assert rotated.secret != created.secret and rotated.previous_secret_expires_at is not None
+
+    account = lq.create_account("main", "checking", "USD")
+    deposit = lq.submit("deposit", account_id=account.id, amount="5.00", wait=10)
+    assert deposit.status == "succeeded"
+    [delivery] = list(lq.iter_webhook_deliveries(created.id))
+    assert (delivery.event_type, delivery.operation_id) == ("operation.succeeded", deposit.id)
+    assert lq.retry_webhook_delivery(created.id, delivery.id).id == delivery.id
+
+    disabled = lq.disable_webhook(created.id)
+    assert not disabled.enabled and disabled.disabled_reason
+    with pytest.raises(Conflict) as off:
+        lq.retry_webhook_delivery(created.id, delivery.id)
+    assert off.value.code == "webhook_disabled"
+    assert lq.enable_webhook(created.id).enabled
+
+    lq.delete_webhook(created.id)
+    with pytest.raises(NotFound) as gone:
+        lq.get_webhook(created.id)
+    assert gone.value.code == "webhook_not_found"
+    lq.close()
+
+    # The suite's own API refuses private URLs.
+    with (
+        LedgerqClient(api_url, basic=(user.username, PASSWORD)) as strict,
+        pytest.raises(Unprocessable) as refused,
+    ):
+        strict.create_webhook("http://127.0.0.1:9/hook", ["operation.succeeded"])
+    assert (refused.value.code, refused.value.field) == ("webhook_url_not_allowed", "url")
+
+
+def test_signatures_agree_with_the_api() -> None:
+    """The client verifies what the API signs (domain/webhooks.py), during a rotation too, and
+    signs what the API's own check accepts."""
+    from domain import webhooks
+
+    body = b'{"type":"operation.succeeded","data":{"amount":"5.00"}}'
+    new, old = webhooks.new_secret(), webhooks.new_secret()
+    now = int(time.time())
+    header = webhooks.signature_header([new, old], now, body)
+    verify_signature(body, header, [new])
+    verify_signature(body, header, [old])
+    assert webhooks.verify_signature(sign(body, [new], now), body, new)
+    assert sign(body, [new, old], now) == header
 
 
 # ---------------------------------------------------------------- every route

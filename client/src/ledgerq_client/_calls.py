@@ -54,6 +54,9 @@ from ledgerq_client.models import (
     Token,
     TokenRevocation,
     User,
+    Webhook,
+    WebhookDelivery,
+    WebhookWithSecret,
 )
 
 # Ids are UUIDs; their string form is accepted too.
@@ -496,6 +499,98 @@ def get_captado(year: int, month: int) -> Call[Captado]:
     """Admin: the month's net inflow (allocations minus redemptions), total, by asset and by
     client."""
     return _get("getCaptado", Captado, query(("month", month), ("year", year)))
+
+
+# ---------------------------------------------------------------- webhooks
+
+
+def create_webhook(
+    url: str,
+    events: Sequence[str],
+    *,
+    description: str | None = None,
+    all_accounts: bool = False,
+) -> Call[WebhookWithSecret]:
+    """Register an endpoint for your accounts' events (`operation.succeeded`,
+    `operation.failed`, `operation.cancelled`, `hold.created`, `hold.captured`, `hold.voided`,
+    `hold.expired`); the admin may ask for `all_accounts`. The answer's `secret` (verify
+    deliveries with `verify_signature`) is shown only once, so this is not retried once the
+    request may have reached the API."""
+    fields = {
+        "url": url,
+        "events": list(events),
+        "description": description,
+        "all_accounts": True if all_accounts else None,
+    }
+    return _send("createWebhook", WebhookWithSecret, fields, safe=False)
+
+
+def list_webhooks(*, limit: int | None = None, cursor: str | None = None) -> Call[Page[Webhook]]:
+    """Your webhook endpoints, oldest first, without secrets (the admin sees every one)."""
+    return _get("listWebhooks", Page[Webhook], query(("limit", limit), ("cursor", cursor)))
+
+
+def get_webhook(webhook_id: Id) -> Call[Webhook]:
+    """One endpoint: its events, whether it is enabled (if not, why), since when it fails."""
+    return _get("getWebhook", Webhook, webhook_id=webhook_id)
+
+
+def delete_webhook(webhook_id: Id) -> Call[None]:
+    """Delete an endpoint and its deliveries."""
+    return _send("deleteWebhook", None, None, safe=False, webhook_id=webhook_id)
+
+
+def rotate_webhook_secret(
+    webhook_id: Id, *, previous_secret_valid_for: int | None = None
+) -> Call[WebhookWithSecret]:
+    """A new signing secret, shown in this answer only; the previous one keeps signing too (a
+    second `v1`) for `previous_secret_valid_for` seconds (a day unless given; 0: it stops now).
+    Not retried once the request may have reached the API (a second rotation would retire the
+    secret of a lost answer)."""
+    fields = (
+        None
+        if previous_secret_valid_for is None
+        else {"previous_secret_valid_for": previous_secret_valid_for}
+    )
+    return _send(
+        "rotateWebhookSecret", WebhookWithSecret, fields, safe=False, webhook_id=webhook_id
+    )
+
+
+def disable_webhook(webhook_id: Id) -> Call[Webhook]:
+    """Stop sending to an endpoint (its pending deliveries wait until it is enabled)."""
+    return _send("disableWebhook", Webhook, None, safe=True, webhook_id=webhook_id)
+
+
+def enable_webhook(webhook_id: Id) -> Call[Webhook]:
+    """Send again (its URL is checked again first; 422 `webhook_url_not_allowed`)."""
+    return _send("enableWebhook", Webhook, None, safe=True, webhook_id=webhook_id)
+
+
+def list_webhook_deliveries(
+    webhook_id: Id,
+    *,
+    status: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> Call[Page[WebhookDelivery]]:
+    """An endpoint's deliveries, newest first (`status`: pending, succeeded, failed), each with
+    its attempts."""
+    params = query(("limit", limit), ("cursor", cursor), ("status", status))
+    return _get("listWebhookDeliveries", Page[WebhookDelivery], params, webhook_id=webhook_id)
+
+
+def retry_webhook_delivery(webhook_id: Id, delivery_id: Id) -> Call[WebhookDelivery]:
+    """Send a delivery again now, with the same event id (409 `webhook_disabled` while the
+    endpoint is disabled)."""
+    return _send(
+        "retryWebhookDelivery",
+        WebhookDelivery,
+        None,
+        safe=True,
+        webhook_id=webhook_id,
+        delivery_id=delivery_id,
+    )
 
 
 # ---------------------------------------------------------------- administration

@@ -68,6 +68,19 @@ ROUTES: dict[str, tuple[str, str]] = {
     "listClients": ("GET", "/api/v1/clients"),
     "listClientAllocations": ("GET", "/api/v1/clients/{client_id}/allocations"),
     "getCaptado": ("GET", "/api/v1/reports/captado"),
+    # webhooks
+    "createWebhook": ("POST", "/api/v1/webhooks"),
+    "listWebhooks": ("GET", "/api/v1/webhooks"),
+    "getWebhook": ("GET", "/api/v1/webhooks/{webhook_id}"),
+    "deleteWebhook": ("DELETE", "/api/v1/webhooks/{webhook_id}"),
+    "rotateWebhookSecret": ("POST", "/api/v1/webhooks/{webhook_id}/rotate-secret"),
+    "disableWebhook": ("POST", "/api/v1/webhooks/{webhook_id}/disable"),
+    "enableWebhook": ("POST", "/api/v1/webhooks/{webhook_id}/enable"),
+    "listWebhookDeliveries": ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"),
+    "retryWebhookDelivery": (
+        "POST",
+        "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+    ),
     # administration
     "listUsers": ("GET", "/api/v1/admin/users"),
     "listAllAccounts": ("GET", "/api/v1/admin/accounts"),

@@ -293,6 +293,20 @@ class AsyncLedgerqClient:
     iter_client_allocations = _pages(_calls.list_client_allocations)
     get_captado = _method(_calls.get_captado)
 
+    # ------------------------------------------------------------ webhooks
+
+    create_webhook = _method(_calls.create_webhook)
+    list_webhooks = _method(_calls.list_webhooks)
+    iter_webhooks = _pages(_calls.list_webhooks)
+    get_webhook = _method(_calls.get_webhook)
+    delete_webhook = _method(_calls.delete_webhook)
+    rotate_webhook_secret = _method(_calls.rotate_webhook_secret)
+    disable_webhook = _method(_calls.disable_webhook)
+    enable_webhook = _method(_calls.enable_webhook)
+    list_webhook_deliveries = _method(_calls.list_webhook_deliveries)
+    iter_webhook_deliveries = _pages(_calls.list_webhook_deliveries)
+    retry_webhook_delivery = _method(_calls.retry_webhook_delivery)
+
     # ------------------------------------------------------------ administration
 
     list_users = _method(_calls.list_users)

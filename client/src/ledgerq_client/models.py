@@ -59,6 +59,10 @@ __all__ = [
     "Token",
     "TokenRevocation",
     "User",
+    "Webhook",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookWithSecret",
 ]
 
 T = TypeVar("T")
@@ -412,6 +416,57 @@ class Captado(Model, kw_only=True):
     totals: list[CurrencyAmount]
     by_asset: list[CaptadoAsset]
     by_client: list[CaptadoClient]
+
+
+# ---------------------------------------------------------------- webhooks
+
+
+class Webhook(Model, kw_only=True):
+    """A webhook endpoint (without its secret)."""
+
+    id: UUID
+    url: str
+    events: list[str]
+    description: str | None
+    all_accounts: bool
+    owner_id: UUID | None
+    enabled: bool
+    disabled_reason: str | None
+    disabled_at: dt.datetime | None
+    failing_since: dt.datetime | None
+    previous_secret_expires_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class WebhookWithSecret(Webhook, kw_only=True):
+    """A registered or rotated endpoint: `secret` signs its deliveries, shown this once."""
+
+    secret: str
+
+
+class WebhookAttempt(Model, kw_only=True):
+    at: dt.datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+
+
+class WebhookDelivery(Model, kw_only=True):
+    id: UUID
+    event_id: UUID
+    event_type: str
+    operation_id: UUID
+    status: str
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    last_attempt_at: dt.datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    last_duration_ms: int | None
+    attempt_log: list[WebhookAttempt]
+    created_at: dt.datetime
+    delivered_at: dt.datetime | None
 
 
 # ---------------------------------------------------------------- administration
