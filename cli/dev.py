@@ -1,5 +1,6 @@
-"""`ledgerq dev`: API, worker and beat in one terminal, with embedded PostgreSQL and Redis
-(devserver/) when no URLs are set; one run per data folder; everything stops with it."""
+"""`ledgerq dev`: API, worker, webhook dispatcher and beat in one terminal, with embedded
+PostgreSQL and Redis (devserver/) when no URLs are set; one run per data folder; everything stops
+with it."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 DEFAULT_DATA_DIR = ".ledgerq"
 # `ledgerq dev` holds an exclusive lock on this file in the data folder while it runs.
 DEV_LOCK_NAME = "dev.lock"
-# Set by `dev` for its children (api, worker, beat): the pid they must not outlive.
+# Set by `dev` for its children (api, worker, dispatcher, beat): the pid they must not outlive.
 SUPERVISOR_ENV = "_LEDGERQ_DEV_SUPERVISOR_PID"
 # What a child of `dev` gets from the kernel when dev dies: each stops gracefully, and takes its
 # own subprocesses (uvicorn/granian workers, the Celery pool) down with it.
@@ -47,9 +48,12 @@ CHILD_DEATH_SIGNAL = signal.SIGTERM
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
-# Children stop in this order: no new requests first, then no new sweeps, then the worker drains.
-STOP_ORDER = ("api", "beat", "worker")
-COLOURS = {"api": "36", "worker": "35", "beat": "33", "dev": "1"}
+# Children stop in this order: no new requests first, then no new sweeps, then the worker drains;
+# the dispatcher last, so events of the last batches may still go out.
+STOP_ORDER = ("api", "beat", "worker", "hooks")
+COLOURS = {"api": "36", "worker": "35", "beat": "33", "hooks": "32", "dev": "1"}
+# A child's label in the output, where it is not its subcommand (labels fit six columns).
+LABELS = {"dispatcher": "hooks"}
 
 
 class _Stop:
@@ -164,9 +168,10 @@ class _Child:
         self.reader.join(timeout=2)
 
 
-def _spawn(name: str, args: list[str]) -> _Child:
+def _spawn(command: str, args: list[str]) -> _Child:
+    name = LABELS.get(command, command)
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "cli", name, *args],
+        [sys.executable, "-m", "cli", command, *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -323,14 +328,21 @@ def _banner(settings: Settings, data_dir: Path) -> None:
 
 
 def _supervise(settings: Settings, data_dir: Path, stop: _Stop) -> int:
-    """Run api, worker and beat until a signal (exit 0) or until one of them exits (exit 1)."""
+    """Run api, worker, dispatcher and beat until a signal (exit 0) or until one of them exits
+    (exit 1)."""
     children: dict[str, _Child] = {}
     try:
         # `auto`: the worker leases every partition (it is alone), as a deployed worker would.
-        for name, args in (("worker", ["--partitions", "auto"]), ("beat", []), ("api", [])):
+        for command, args in (
+            ("worker", ["--partitions", "auto"]),
+            ("dispatcher", []),
+            ("beat", []),
+            ("api", []),
+        ):
             if stop.requested:
                 break
-            children[name] = _spawn(name, args)
+            child = _spawn(command, args)
+            children[child.name] = child
         health = f"http://{url_host(probe_host(settings.api_host))}:{settings.api_port}/health"
         try:
             dead = _wait_ready(children, health, stop)
@@ -344,7 +356,7 @@ def _supervise(settings: Settings, data_dir: Path, stop: _Stop) -> int:
         if dead is not None:
             _say("dev", f"{dead.name} exited with code {dead.proc.returncode}; stopping the rest")
             return 1
-        _say("dev", "stopping (api, beat, worker)")
+        _say("dev", "stopping (api, beat, worker), then hooks (the webhook dispatcher)")
         return 0
     finally:
         stop.stopping()
@@ -368,6 +380,9 @@ def _dev_environment(data_dir: Path) -> Settings:
         os.environ["LEDGERQ_SECRET_KEY"] = dev_secret_key(data_dir)
     # Readable logs by default in a terminal; an explicit choice is kept.
     os.environ.setdefault("LEDGERQ_LOG_FORMAT", "console")
+    # Webhook receivers in development listen on this machine (127.0.0.1); an explicit choice is
+    # kept. Deployments keep the default, public addresses only.
+    os.environ.setdefault("LEDGERQ_WEBHOOKS_ALLOW_PRIVATE", "true")
     # Children's lines should reach us as they are written, not when a buffer fills.
     os.environ["PYTHONUNBUFFERED"] = "1"
     return current_settings()

@@ -1,5 +1,6 @@
-"""The `ledgerq` command: run the API, workers, beat, Flower, migrations, price imports; `dev`
-(cli/dev.py) runs everything at once and `bench` (bench/) load-tests a running ledgerq."""
+"""The `ledgerq` command: run the API, workers, the webhook dispatcher, beat, Flower, migrations,
+price imports; `dev` (cli/dev.py) runs everything at once and `bench` (bench/) load-tests a running
+ledgerq."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from cli.common import (
 )
 from cli.common import settings as current_settings
 from cli.dev import cmd_dev, follow_supervisor
-from worker.routing import CONTROL_QUEUE, queue_for_partition
+from worker.routing import CONTROL_QUEUE, WEBHOOK_QUEUE, queue_for_partition
 from worker.settings import SettingsError, mask_url, parse_worker_partitions
 
 
@@ -166,6 +167,23 @@ def worker_command(
     return argv
 
 
+def dispatcher_command(settings: Settings, pid: int, concurrency: int | None = None) -> list[str]:
+    """The webhook dispatcher: a Celery worker of its own app (worker.webhooks:app, which takes
+    no partition leases) consuming only the webhook queue, with a thread per concurrent delivery
+    (they wait on receivers, not on the CPU)."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.webhooks:app", "worker",
+        "-Q", WEBHOOK_QUEUE,
+        "--pool", "threads",
+        "--concurrency", str(concurrency or settings.webhook_concurrency),
+        "--prefetch-multiplier", "1",
+        "-n", f"ledgerq-dispatcher-{pid}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel", settings.log_level,
+    ]  # fmt: skip
+
+
 def flower_command(settings: Settings) -> list[str]:
     # Flower follows the workers through task events and asks them with `celery inspect`; it
     # needs only the broker. Workers send no task events until a monitor asks (no -E, see
@@ -264,6 +282,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _exec(worker_command(settings, partitions, os.getpid(), args.pool, args.concurrency))
 
 
+def cmd_dispatcher(args: argparse.Namespace) -> int:
+    _exec(dispatcher_command(current_settings(), os.getpid(), args.concurrency))
+
+
 def cmd_flower(args: argparse.Namespace) -> int:
     _exec(flower_command(current_settings()))
 
@@ -314,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser(
         "dev",
-        help="run API, worker and beat together (embedded PostgreSQL and Redis if no URLs are set)",
+        help="run API, worker, webhook dispatcher and beat together (embedded PostgreSQL and "
+        "Redis if no URLs are set)",
     )
     dev.set_defaults(handler=cmd_dev)
 
@@ -347,6 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes or threads (default 1: one consumer per partition keeps FIFO order)",
     )
     worker.set_defaults(handler=cmd_worker)
+
+    dispatcher = sub.add_parser(
+        "dispatcher",
+        help="run the webhook dispatcher (Celery worker of the ledgerq.webhooks queue only)",
+    )
+    dispatcher.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="deliveries at once (threads; default LEDGERQ_WEBHOOK_CONCURRENCY)",
+    )
+    dispatcher.set_defaults(handler=cmd_dispatcher)
 
     flower = sub.add_parser(
         "flower",

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from kombu import Queue
 
-from worker.routing import CONTROL_QUEUE, SWEEP_TASK, queue_for_partition, route_task
+from worker.routing import (
+    CONTROL_QUEUE,
+    SWEEP_TASK,
+    WEBHOOK_DISPATCH_TASK,
+    WEBHOOK_QUEUE,
+    queue_for_partition,
+    route_task,
+)
 from worker.settings import get_settings
 
 _settings = get_settings()
@@ -60,8 +67,11 @@ worker_send_task_events = False
 task_send_sent_event = False
 
 task_default_queue = CONTROL_QUEUE
-task_queues = [Queue(CONTROL_QUEUE)] + [
-    Queue(queue_for_partition(p)) for p in range(_settings.partitions)
+task_queues = [
+    Queue(CONTROL_QUEUE),
+    *(Queue(queue_for_partition(p)) for p in range(_settings.partitions)),
+    # Consumed by `ledgerq dispatcher` only (worker/webhooks.py).
+    Queue(WEBHOOK_QUEUE),
 ]
 task_routes = (route_task,)
 
@@ -71,5 +81,12 @@ beat_schedule = {
         "schedule": _settings.sweep_interval,
         # A sweep that waited longer than its interval is stale; the next one will come.
         "options": {"expires": _settings.sweep_interval},
+    },
+    # The webhook dispatcher's ring: it sends what is due in PostgreSQL. A lost or expired ring
+    # only delays deliveries until the next one.
+    "dispatch-webhooks": {
+        "task": WEBHOOK_DISPATCH_TASK,
+        "schedule": _settings.webhook_interval,
+        "options": {"expires": _settings.webhook_interval},
     },
 }

@@ -9,6 +9,10 @@ QUEUE_PREFIX = "ledgerq.p"
 CONTROL_QUEUE = "ledgerq.control"
 DRAIN_TASK = "ledgerq.drain_partition"
 SWEEP_TASK = "ledgerq.sweep_pending"
+# Webhook deliveries have a queue of their own (worker/webhooks.py, `ledgerq dispatcher`): never a
+# partition queue, nor the control queue the partition workers consume.
+WEBHOOK_QUEUE = "ledgerq.webhooks"
+WEBHOOK_DISPATCH_TASK = "ledgerq.webhooks.dispatch"
 
 
 def partition_for(account_id: UUID, partitions: int) -> int:
@@ -37,7 +41,10 @@ def route_task(
     task: object = None,
     **_: object,
 ) -> dict[str, str] | None:
-    """Celery router: a drain doorbell goes to its partition's queue, everything else to control."""
+    """Celery router: a drain doorbell goes to its partition's queue, the webhook dispatch to the
+    webhook queue, everything else to control."""
+    if name == WEBHOOK_DISPATCH_TASK:
+        return {"queue": WEBHOOK_QUEUE}
     if name == DRAIN_TASK:
         partition = kwargs.get("partition", args[0] if args else None)
         if not isinstance(partition, int):

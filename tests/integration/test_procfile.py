@@ -1,5 +1,6 @@
-"""The Procfile under honcho: release migrates, then web, two workers, beat and Flower run against
-PostgreSQL and Redis, apply operations submitted over HTTP, and all stop cleanly on SIGTERM."""
+"""The Procfile under honcho: release migrates, then web, two workers, the webhook dispatcher, beat
+and Flower run against PostgreSQL and Redis, apply operations submitted over HTTP, and all stop
+cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -114,7 +115,15 @@ def test_procfile_runs_the_service_and_stops_cleanly(
     with log_path.open("wb") as log:
         honcho = subprocess.Popen(
             _honcho(
-                "start", "-c", "worker=2", "web", "worker", "beat", "flower", env_file=env_file
+                "start",
+                "-c",
+                "worker=2",
+                "web",
+                "worker",
+                "dispatcher",
+                "beat",
+                "flower",
+                env_file=env_file,
             ),
             cwd=ROOT,
             env=env,
@@ -161,6 +170,10 @@ def test_procfile_runs_the_service_and_stops_cleanly(
             name: {q["name"] for q in info.get("active_queues") or []}
             for name, info in workers.json().items()
         }
+        # The dispatcher consumes the webhook queue, and nothing else; the workers never it.
+        dispatchers = [n for n, queues in consumed.items() if n.startswith("ledgerq-dispatcher-")]
+        assert len(dispatchers) == 1, consumed
+        assert consumed.pop(dispatchers[0]) == {"ledgerq.webhooks"}
         assert len(consumed) == 2, consumed
         partition_queues = [names - {"ledgerq.control"} for names in consumed.values()]
         assert [len(q) for q in partition_queues] == [4, 4], consumed
@@ -176,13 +189,13 @@ def test_procfile_runs_the_service_and_stops_cleanly(
         wait_until(drains_seen, 15, lambda: "Flower saw no successful drain task event")
 
         family = descendants(honcho.pid)
-        assert len(family) >= 5, family
+        assert len(family) >= 6, family
 
         honcho.send_signal(signal.SIGTERM)
         returncode = honcho.wait(30)
         assert returncode in (0, 143), f"honcho exited {returncode}:\n{output()}"
         text = log_path.read_text(errors="replace")
-        for name in ("web.1", "worker.1", "worker.2", "beat.1", "flower.1"):
+        for name in ("web.1", "worker.1", "worker.2", "dispatcher.1", "beat.1", "flower.1"):
             assert f"{name} stopped" in text, text[-4000:]
         # Children exit with honcho; pool processes may take a moment after their parent.
         wait_until(lambda: live(family) == [], 10, lambda: f"still running: {live(family)}")

@@ -9,7 +9,16 @@ worker and beat, so they can deliver to 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
+import json
+import secrets
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -21,6 +30,7 @@ from sqlalchemy import Engine
 
 from domain.webhooks import event_id
 from tests.integration.support import LedgerClient, Process, extra_api, insert_pending
+from tests.unit.test_webhooks import receiver_verify
 from worker.store.tables import webhook_deliveries
 
 # ---------------------------------------------------------------- fixtures
@@ -330,3 +340,363 @@ async def test_disable_and_enable(wh: httpx.AsyncClient) -> None:
         None,
     )
     await heidi.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")
+
+
+# ---------------------------------------------------------------- a real receiver, the dispatcher
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def event(self) -> dict[str, Any]:
+        return dict(json.loads(self.body))
+
+
+class Receiver:
+    """A local HTTP server that records every POST and answers as planned per path: a status
+    code, ("sleep", seconds) then 200, or "hang" (no answer until released). The last step of a
+    plan repeats; no plan: 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.plans: dict[str, list[Any]] = {}
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver.lock:
+                    receiver.requests.append(
+                        Received(self.path, dict(self.headers.items()), body, time.monotonic())
+                    )
+                    plan = receiver.plans.get(self.path, [200])
+                    step = plan.pop(0) if len(plan) > 1 else plan[0]
+                if step == "hang":
+                    receiver.release.wait(60)
+                    step = 200
+                elif isinstance(step, tuple):
+                    time.sleep(step[1])
+                    step = 200
+                self.send_response(step)
+                if step in (301, 302, 307, 308):
+                    self.send_header("Location", "/redirected")
+                payload = b"ok" if step < 300 else b"nope " * 2000
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def plan(self, path: str, *steps: Any) -> None:
+        with self.lock:
+            self.plans[path] = list(steps)
+
+    def at(self, path: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.requests if r.path == path]
+
+    async def wait(self, path: str, count: int, within: float = 60) -> list[Received]:
+        deadline = time.monotonic() + within
+        while len(self.at(path)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path}: {len(self.at(path))} of {count} requests came")
+            await asyncio.sleep(0.1)
+        return self.at(path)
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+# The dispatcher of these tests: private addresses allowed (the receiver), a short timeout and
+# backoff so retries come within seconds.
+DISPATCHER_ENV = {
+    "LEDGERQ_WEBHOOKS_ALLOW_PRIVATE": "true",
+    "LEDGERQ_WEBHOOK_TIMEOUT": "2",
+    "LEDGERQ_WEBHOOK_BACKOFF_BASE": "1",
+    "LEDGERQ_WEBHOOK_BACKOFF_MAX": "2",
+}
+
+
+@pytest.fixture(scope="module")
+def dispatcher(
+    service_env: dict[str, str], logs_dir: Path, worker: Process, beat: Process
+) -> Iterator[Process]:
+    process = Process(
+        "dispatcher", ["-m", "cli", "dispatcher"], {**service_env, **DISPATCHER_ENV}, logs_dir
+    )
+    process.start()
+    process.wait_for_log("ready", timeout=60)
+    yield process
+    process.stop()
+
+
+def path() -> str:
+    return f"/hook-{secrets.token_hex(6)}"
+
+
+async def operation(client: LedgerClient, operation_id: str) -> dict[str, Any]:
+    r = await client.request("GET", f"/api/v1/operations/{operation_id}")
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def test_a_delivery_is_signed_carries_the_operation_and_verifies(
+    wh: httpx.AsyncClient, receiver: Receiver, dispatcher: Process
+) -> None:
+    ivan = await LedgerClient.register(wh, "ivan")
+    account = await ivan.create_account()
+    hook = path()
+    endpoint = await register(ivan, receiver.url(hook), ["operation.succeeded", "operation.failed"])
+    deposit = await ivan.deposit(account, "12.50", description="salary", metadata={"k": "v"})
+    [got] = await receiver.wait(hook, 1)
+
+    verify = receiver_verify()
+    assert verify(got.body, got.headers["Ledgerq-Signature"], endpoint["secret"])
+    assert not verify(got.body, got.headers["Ledgerq-Signature"], "whsec_someone_else")
+    event = got.event
+    assert event["type"] == "operation.succeeded" == got.headers["Ledgerq-Event-Type"]
+    assert event["id"] == got.headers["Ledgerq-Event-Id"]
+    assert UUID(event["id"]) == event_id(UUID(deposit["id"]), "operation.succeeded")
+    # The operation as the REST API shows it, field for field.
+    assert event["data"]["operation"] == await operation(ivan, deposit["id"])
+    assert got.headers["Content-Type"] == "application/json"
+    assert got.headers["Host"] == receiver.url("").removeprefix("http://")
+
+    # The delivery's record: succeeded at the first attempt, with its status and duration.
+    for _ in range(50):
+        [delivery] = await deliveries(ivan, endpoint["id"])
+        if delivery["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.1)
+    assert delivery["status"] == "succeeded" and delivery["attempts"] == 1
+    assert delivery["event_id"] == event["id"] and delivery["next_attempt_at"] is None
+    [attempt] = delivery["attempt_log"]
+    assert attempt["status_code"] == 200 and attempt["error"] is None
+    assert attempt["duration_ms"] >= 0 and delivery["delivered_at"] is not None
+
+    failed = await ivan.wait(
+        await ivan.submit_ok({"type": "withdrawal", "account_id": account, "amount": "99.00"})
+    )
+    [_, second] = await receiver.wait(hook, 2)
+    assert second.event["type"] == "operation.failed"
+    assert second.event["data"]["operation"] == await operation(ivan, failed["id"])
+    await ivan.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")
+
+
+async def test_hold_events_carry_the_hold(
+    wh: httpx.AsyncClient, receiver: Receiver, dispatcher: Process
+) -> None:
+    judy = await LedgerClient.register(wh, "judy")
+    account = await judy.create_account()
+    await judy.deposit(account, "50.00")
+    hook = path()
+    endpoint = await register(
+        judy, receiver.url(hook), ["hold.created", "hold.captured", "hold.voided"]
+    )
+    held = await judy.wait(
+        await judy.submit_ok({"type": "hold", "account_id": account, "amount": "20.00"})
+    )
+    [created] = await receiver.wait(hook, 1)
+    assert created.event["type"] == "hold.created"
+    assert created.event["data"]["operation"]["id"] == held["id"]
+    assert created.event["data"]["hold"]["status"] == "open"
+    assert created.event["data"]["hold"]["amount"] == "20.00"
+    capture = await judy.wait(
+        await judy.submit_ok({"type": "capture", "hold_id": held["id"], "amount": "5.00"})
+    )
+    [_, captured] = await receiver.wait(hook, 2)
+    assert captured.event["type"] == "hold.captured"
+    assert captured.event["data"]["operation"] == await operation(judy, capture["id"])
+    r = await judy.request("GET", f"/api/v1/holds/{held['id']}")
+    assert captured.event["data"]["hold"] == r.json()
+    await judy.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")
+
+
+async def test_500s_and_timeouts_are_retried_with_the_same_event(
+    wh: httpx.AsyncClient, receiver: Receiver, dispatcher: Process
+) -> None:
+    ken = await LedgerClient.register(wh, "ken")
+    account = await ken.create_account()
+    hook = path()
+    # A 500, then an answer later than LEDGERQ_WEBHOOK_TIMEOUT (2 s), then a 302 (redirects are
+    # not followed: a failure), then 200.
+    receiver.plan(hook, 500, ("sleep", 4), 302, 200)
+    endpoint = await register(ken, receiver.url(hook))
+    deposit = await ken.deposit(account, "1.00")
+    got = await receiver.wait(hook, 4, within=60)
+    assert receiver.at("/redirected") == []
+    ids = {r.headers["Ledgerq-Event-Id"] for r in got}
+    assert ids == {str(event_id(UUID(deposit["id"]), "operation.succeeded"))}
+    assert len({r.body for r in got}) == 1  # the same body every time; a fresh signature
+    # Backoff: the retries come later and later (1-2 s, then at most 2 s with the cap).
+    gaps = [b.at - a.at for a, b in itertools.pairwise(got)]
+    assert all(gap >= 0.4 for gap in gaps), gaps
+    for _ in range(50):
+        [delivery] = await deliveries(ken, endpoint["id"])
+        if delivery["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.1)
+    assert delivery["status"] == "succeeded" and delivery["attempts"] == 4, delivery
+    log = delivery["attempt_log"]
+    assert [a["status_code"] for a in log] == [500, None, 302, 200]
+    assert log[0]["error"].startswith("HTTP 500: nope") and len(log[0]["error"]) < 400
+    assert log[1]["error"].startswith("timed out after 2 s")
+    assert log[1]["duration_ms"] >= 1900
+    # The failure clock of the endpoint was cleared by the success.
+    r = await ken.request("GET", f"/api/v1/webhooks/{endpoint['id']}")
+    assert r.json()["failing_since"] is None and r.json()["enabled"] is True
+    await ken.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")
+
+
+async def test_a_rotation_signs_with_both_secrets_for_its_grace_period(
+    wh: httpx.AsyncClient, receiver: Receiver, dispatcher: Process
+) -> None:
+    leo = await LedgerClient.register(wh, "leo")
+    account = await leo.create_account()
+    hook = path()
+    endpoint = await register(leo, receiver.url(hook))
+    r = await leo.request("POST", f"/api/v1/webhooks/{endpoint['id']}/rotate-secret")
+    new = r.json()["secret"]
+    await leo.deposit(account, "1.00")
+    [got] = await receiver.wait(hook, 1)
+    header = got.headers["Ledgerq-Signature"]
+    assert header.count("v1=") == 2
+    verify = receiver_verify()
+    assert verify(got.body, header, new) and verify(got.body, header, endpoint["secret"])
+    # Without a grace period the old secret stops at once.
+    r = await leo.request(
+        "POST",
+        f"/api/v1/webhooks/{endpoint['id']}/rotate-secret",
+        json={"previous_secret_valid_for": 0},
+    )
+    newest = r.json()["secret"]
+    await leo.deposit(account, "1.00")
+    [_, got] = await receiver.wait(hook, 2)
+    header = got.headers["Ledgerq-Signature"]
+    assert header.count("v1=") == 1
+    assert verify(got.body, header, newest) and not verify(got.body, header, new)
+    await leo.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")
+
+
+async def test_an_endpoint_failing_for_the_retry_period_is_disabled_and_says_why(
+    wh: httpx.AsyncClient, receiver: Receiver, dispatcher: Process, engine: Engine
+) -> None:
+    """Three days are simulated: the delivery's and the failure clock's start moved back."""
+    mia = await LedgerClient.register(wh, "mia")
+    account = await mia.create_account()
+    hook = path()
+    receiver.plan(hook, 503)
+    endpoint = await register(mia, receiver.url(hook))
+    await mia.deposit(account, "1.00")
+    await receiver.wait(hook, 1)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE webhook_deliveries SET created_at = now() - interval '4 days'"
+                " WHERE endpoint_id = :id"
+            ),
+            {"id": endpoint["id"]},
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE webhook_endpoints SET failing_since = now() - interval '4 days'"
+                " WHERE id = :id"
+            ),
+            {"id": endpoint["id"]},
+        )
+    for _ in range(200):
+        r = await mia.request("GET", f"/api/v1/webhooks/{endpoint['id']}")
+        if not r.json()["enabled"]:
+            break
+        await asyncio.sleep(0.1)
+    state = r.json()
+    assert state["enabled"] is False, state
+    assert "HTTP 503" in state["disabled_reason"] and "259200" in state["disabled_reason"]
+    assert state["failing_since"] is not None and state["disabled_at"] is not None
+    [delivery] = await deliveries(mia, endpoint["id"])
+    assert delivery["status"] == "failed" and delivery["next_attempt_at"] is None
+    tried = len(receiver.at(hook))
+
+    # No events are written for a disabled endpoint; a retry needs it enabled first.
+    await mia.deposit(account, "1.00")
+    assert len(await deliveries(mia, endpoint["id"])) == 1
+    retry = f"/api/v1/webhooks/{endpoint['id']}/deliveries/{delivery['id']}/retry"
+    r = await mia.request("POST", retry)
+    assert r.status_code == 409 and r.json()["code"] == "webhook_disabled"
+    receiver.plan(hook, 200)
+    r = await mia.request("POST", f"/api/v1/webhooks/{endpoint['id']}/enable")
+    assert r.status_code == 200 and r.json()["failing_since"] is None
+    r = await mia.request("POST", retry)
+    assert r.status_code == 202 and r.json()["status"] == "pending"
+    got = await receiver.wait(hook, tried + 1)
+    assert got[-1].headers["Ledgerq-Event-Id"] == delivery["event_id"]
+    for _ in range(50):
+        [delivery] = await deliveries(mia, endpoint["id"])
+        if delivery["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.1)
+    assert delivery["status"] == "succeeded"
+    # Resent on request even after a success: the same event again.
+    r = await mia.request("POST", retry)
+    assert r.status_code == 202
+    got = await receiver.wait(hook, tried + 2)
+    assert got[-1].headers["Ledgerq-Event-Id"] == delivery["event_id"]
+    await mia.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")
+
+
+async def test_each_user_receives_only_their_own_events(
+    wh: httpx.AsyncClient, receiver: Receiver, dispatcher: Process
+) -> None:
+    nina = await LedgerClient.register(wh, "nina")
+    omar = await LedgerClient.register(wh, "omar")
+    n, o = await nina.create_account(), await omar.create_account()
+    to_nina, to_omar = path(), path()
+    e1 = await register(nina, receiver.url(to_nina), ["operation.succeeded", "operation.failed"])
+    e2 = await register(omar, receiver.url(to_omar), ["operation.succeeded", "operation.failed"])
+    mine = [(await nina.deposit(n, "3.00"))["id"] for _ in range(3)]
+    theirs = [(await omar.deposit(o, "4.00"))["id"] for _ in range(2)]
+    theirs.append(
+        (
+            await omar.wait(
+                await omar.submit_ok(
+                    {"type": "transfer", "account_id": o, "to_account_id": n, "amount": "1.00"}
+                )
+            )
+        )["id"]
+    )
+    got_n = await receiver.wait(to_nina, 3)
+    got_o = await receiver.wait(to_omar, 3)
+    await asyncio.sleep(2)  # anything misrouted would have come by now
+    assert sorted(r.event["data"]["operation"]["id"] for r in receiver.at(to_nina)) == sorted(mine)
+    assert sorted(r.event["data"]["operation"]["id"] for r in receiver.at(to_omar)) == sorted(
+        theirs
+    )
+    assert len(got_n) == len(got_o) == 3
+    await nina.request("DELETE", f"/api/v1/webhooks/{e1['id']}")
+    await omar.request("DELETE", f"/api/v1/webhooks/{e2['id']}")

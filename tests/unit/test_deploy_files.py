@@ -16,11 +16,12 @@ import pytest
 import yaml
 
 from api.settings import VARIABLES
-from cli.main import build_parser, flower_command, worker_command
+from api.settings import Settings as ApiSettings
+from cli.main import build_parser, dispatcher_command, flower_command, worker_command
 from worker.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = {"migrate", "api", "worker", "beat", "flower"}
+APP_SERVICES = {"migrate", "api", "worker", "dispatcher", "beat", "flower"}
 
 
 def is_subcommand(name: str) -> bool:
@@ -69,7 +70,7 @@ def test_ledgerq_services_build_one_image_and_run_ledgerq_subcommands(
 
 def test_compose_start_order(services: dict[str, dict[str, Any]]) -> None:
     assert _depends(services["migrate"]) == {"postgres": "service_healthy"}
-    for name in ("api", "worker", "beat"):
+    for name in ("api", "worker", "dispatcher", "beat"):
         assert _depends(services[name]) == {
             "migrate": "service_completed_successfully",
             "postgres": "service_healthy",
@@ -107,9 +108,9 @@ def test_compose_environment_is_one_shared_block(services: dict[str, dict[str, A
 
 
 def test_workers_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
-    worker = services["worker"]
-    assert "container_name" not in worker
-    assert "ports" not in worker
+    for name in ("worker", "dispatcher"):
+        assert "container_name" not in services[name]
+        assert "ports" not in services[name]
     # Nothing else may pin a name either (`--scale` of any service would clash with it).
     assert not any("container_name" in s for s in services.values())
 
@@ -182,6 +183,26 @@ def test_auto_workers_start_on_the_control_queue_only() -> None:
     assert fixed.worker_partitions == (0, 1, 2, 3)
 
 
+def test_the_dispatcher_consumes_only_the_webhook_queue() -> None:
+    """Webhook deliveries never share a queue (or a process) with the partition workers: a slow
+    receiver must not delay money. The dispatcher's app takes no partition leases."""
+    settings = ApiSettings.from_env(
+        {"LEDGERQ_DATABASE_URL": "postgresql://x@h/d", "LEDGERQ_REDIS_URL": "redis://h/0"}
+    )
+    argv = dispatcher_command(settings, pid=9)
+    assert argv[1:6] == ["-m", "celery", "-A", "worker.webhooks:app", "worker"]
+    assert argv[argv.index("-Q") + 1] == "ledgerq.webhooks"
+    assert argv[argv.index("--pool") + 1] == "threads"
+    assert argv[argv.index("--concurrency") + 1] == str(settings.webhook_concurrency) == "8"
+    assert argv[argv.index("-n") + 1] == "ledgerq-dispatcher-9@%h"
+    assert (
+        dispatcher_command(settings, pid=9, concurrency=3)[argv.index("--concurrency") + 1] == "3"
+    )
+    assert "ledgerq.webhooks" not in worker_command(settings, None, pid=9)
+    assert "ledgerq.webhooks" not in worker_command(settings, list(range(8)), pid=9)
+    assert is_subcommand("dispatcher")
+
+
 def _procfile() -> dict[str, str]:
     lines = (ROOT / "Procfile").read_text().splitlines()
     entries = [line.split(":", 1) for line in lines if line and not line.startswith("#")]
@@ -190,11 +211,12 @@ def _procfile() -> dict[str, str]:
 
 def test_procfile_runs_every_process_type() -> None:
     procfile = _procfile()
-    assert set(procfile) == {"release", "web", "worker", "beat", "flower"}
+    assert set(procfile) == {"release", "web", "worker", "dispatcher", "beat", "flower"}
     expected = {
         "release": "migrate",
         "web": "api",
         "worker": "worker",
+        "dispatcher": "dispatcher",
         "beat": "beat",
         "flower": "flower",
     }

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 from uuid import UUID
 
+import httpx
 import msgspec
 import pytest
 
@@ -334,3 +335,173 @@ def test_the_body_names_the_event_and_carries_the_operation() -> None:
         },
     )
     assert with_hold["data"]["hold"]["amount"] == "0.05"
+
+
+# ---------------------------------------------------------------- the dispatcher's request
+
+
+def _settings(**env: str) -> Any:
+    from worker.settings import Settings
+
+    return Settings.from_env(
+        {"LEDGERQ_DATABASE_URL": "postgresql://x@h/d", "LEDGERQ_REDIS_URL": "redis://h/0", **env}
+    )
+
+
+def _delivery(url: str, previous_secret: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(
+        id=UUID("01a2355f-0000-7000-8000-000000000001"),
+        event_id=UUID("86f18804-66ee-a4e4-40da-a03c5de6da12"),
+        endpoint_id=UUID("01a2355f-0000-7000-8000-000000000002"),
+        event_type="operation.failed",
+        created_at=dt.datetime(2026, 12, 2, 6, 9, 26, tzinfo=dt.UTC),
+        payload={"operation": _operation_row()},
+        attempts=0,
+        url=url,
+        secret="whsec_current",
+        previous_secret=previous_secret,
+    )
+
+
+def reply(status: int, body: bytes = b"", **headers: str) -> httpx.Response:
+    """A receiver's answer as the network gives it: a stream not yet read."""
+    return httpx.Response(status, headers=headers, stream=httpx.ByteStream(body))
+
+
+def _send(
+    monkeypatch: pytest.MonkeyPatch,
+    handler: Any,
+    url: str,
+    addresses: list[str],
+    settings: Any = None,
+    previous_secret: str | None = None,
+) -> tuple[Any, list[httpx.Request]]:
+    import worker.webhooks as dispatcher
+
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    monkeypatch.setattr(dispatcher, "resolve", lambda host, port: addresses)
+    client = httpx.Client(transport=httpx.MockTransport(record), follow_redirects=False)
+    attempt = dispatcher.send(client, settings or _settings(), _delivery(url, previous_secret))
+    return attempt, seen
+
+
+def test_a_delivery_goes_to_the_checked_address_signed_with_the_event_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempt, [request] = _send(
+        monkeypatch,
+        lambda r: reply(204),
+        "https://hooks.example.com/in?src=lq",
+        ["93.184.216.34"],
+        previous_secret="whsec_previous",
+    )
+    assert attempt.succeeded and attempt.error is None and attempt.status_code == 204
+    # Connected to the address that was checked; the host name in Host and in TLS (SNI).
+    assert str(request.url) == "https://93.184.216.34/in?src=lq"
+    assert request.headers["host"] == "hooks.example.com"
+    assert request.extensions["sni_hostname"] == "hooks.example.com"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["ledgerq-event-id"] == "86f18804-66ee-a4e4-40da-a03c5de6da12"
+    assert request.headers["ledgerq-event-type"] == "operation.failed"
+    body = request.content
+    assert json.loads(body)["id"] == request.headers["ledgerq-event-id"]
+    assert json.loads(body)["data"]["operation"]["error"]["code"] == "insufficient_units"
+    header = request.headers["ledgerq-signature"]
+    assert header.count("v1=") == 2
+    assert verify_signature(header, body, "whsec_current")
+    assert verify_signature(header, body, "whsec_previous")
+    assert receiver_verify()(body, header, "whsec_current")
+
+
+def test_a_private_address_is_refused_at_delivery_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS changed since registration: the dispatcher checks every delivery's addresses."""
+    attempt, seen = _send(
+        monkeypatch, lambda r: reply(200), "https://hooks.example.com/", ["10.0.0.5"]
+    )
+    assert seen == [] and not attempt.succeeded
+    assert attempt.error is not None and attempt.error.startswith("refused: 10.0.0.5 is a private")
+    allowed = _settings(LEDGERQ_WEBHOOKS_ALLOW_PRIVATE="true")
+    attempt, seen = _send(monkeypatch, lambda r: reply(200), "http://h/", ["10.0.0.5"], allowed)
+    assert attempt.succeeded and str(seen[0].url) == "http://10.0.0.5/"
+
+
+def test_failures_keep_a_short_reason_and_never_follow_redirects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempt, _ = _send(monkeypatch, lambda r: reply(500, b"x" * 100_000), "http://h/", ["1.1.1.1"])
+    assert attempt.status_code == 500 and not attempt.succeeded
+    assert attempt.error is not None and attempt.error.startswith("HTTP 500: xxx")
+    assert len(attempt.error) < 400
+    moved = reply(302, Location="http://169.254.169.254/")
+    attempt, seen = _send(monkeypatch, lambda r: moved, "http://h/", ["1.1.1.1"])
+    assert len(seen) == 1 and attempt.status_code == 302 and not attempt.succeeded
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    attempt, _ = _send(monkeypatch, slow, "http://h/", ["1.1.1.1"])
+    assert attempt.status_code is None and attempt.error is not None
+    assert attempt.error.startswith("timed out after 5 s")
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    attempt, _ = _send(monkeypatch, refused, "http://h/", ["1.1.1.1"])
+    assert attempt.error == "ConnectError: connection refused"
+
+
+def test_the_dispatch_ring_has_its_own_queue_and_beat_rings_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import runpy
+    from pathlib import Path
+
+    from worker.routing import (
+        CONTROL_QUEUE,
+        DRAIN_TASK,
+        SWEEP_TASK,
+        WEBHOOK_DISPATCH_TASK,
+        WEBHOOK_QUEUE,
+        route_task,
+    )
+    from worker.settings import get_settings
+
+    assert route_task(WEBHOOK_DISPATCH_TASK, (), {}, {}) == {"queue": WEBHOOK_QUEUE}
+    assert route_task(SWEEP_TASK, (), {}, {}) == {"queue": CONTROL_QUEUE}
+    assert route_task(DRAIN_TASK, (3,), {}, {}) == {"queue": "ledgerq.p3"}
+    monkeypatch.setenv("LEDGERQ_DATABASE_URL", "postgresql://x@h/d")
+    monkeypatch.setenv("LEDGERQ_REDIS_URL", "redis://h/0")
+    monkeypatch.setenv("LEDGERQ_WEBHOOK_INTERVAL", "3")
+    get_settings.cache_clear()
+    try:
+        config = runpy.run_path(
+            str(Path(__file__).resolve().parents[2] / "worker" / "celeryconfig.py")
+        )
+    finally:
+        get_settings.cache_clear()
+    ring = config["beat_schedule"]["dispatch-webhooks"]
+    assert ring["task"] == WEBHOOK_DISPATCH_TASK and ring["schedule"] == 3.0
+    assert ring["options"] == {"expires": 3.0}
+    assert WEBHOOK_QUEUE in {q.name for q in config["task_queues"]}
+
+
+def test_webhook_settings_are_checked() -> None:
+    from worker.settings import SettingsError
+
+    default = _settings()
+    assert (default.webhook_timeout, default.webhook_retry_period) == (5.0, 259200.0)
+    assert default.webhooks_allow_private is False
+    assert _settings(LEDGERQ_WEBHOOKS_ALLOW_PRIVATE="TRUE").webhooks_allow_private is True
+    for name, value in (
+        ("LEDGERQ_WEBHOOKS_ALLOW_PRIVATE", "maybe"),
+        ("LEDGERQ_WEBHOOK_TIMEOUT", "0"),
+        ("LEDGERQ_WEBHOOK_TIMEOUT", "61"),
+        ("LEDGERQ_WEBHOOK_CONCURRENCY", "0"),
+    ):
+        with pytest.raises(SettingsError, match=name):
+            _settings(**{name: value})
