@@ -309,6 +309,9 @@ def _setup_logging(**_: Any) -> None:
 
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
+    # httpx logs every request at INFO; webhook_delivered and webhook_attempt_failed say more.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("celery.worker.strategy", "celery.app.trace", "celery.worker.request"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RoutineDispatchFilter) for f in logger.filters):

@@ -13,7 +13,10 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import secrets
+import shutil
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,8 +31,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from devserver import free_port, start_redis
 from domain.webhooks import event_id
-from tests.integration.support import LedgerClient, Process, extra_api, insert_pending
+from tests.integration.isolated import deployment_env, migrated_database
+from tests.integration.support import (
+    LedgerClient,
+    Process,
+    extra_api,
+    insert_pending,
+    wait_for_http,
+)
 from tests.unit.test_webhooks import receiver_verify
 from worker.store.tables import webhook_deliveries
 
@@ -359,14 +370,14 @@ class Received:
 
 class Receiver:
     """A local HTTP server that records every POST and answers as planned per path: a status
-    code, ("sleep", seconds) then 200, or "hang" (no answer until released). The last step of a
-    plan repeats; no plan: 200."""
+    code, ("sleep", seconds) then 200, or ("hang", event): no answer until the event is set (or
+    a minute passed). The last step of a plan repeats; no plan: 200."""
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self.plans: dict[str, list[Any]] = {}
         self.lock = threading.Lock()
-        self.release = threading.Event()
+        self.closing = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -378,11 +389,11 @@ class Receiver:
                     )
                     plan = receiver.plans.get(self.path, [200])
                     step = plan.pop(0) if len(plan) > 1 else plan[0]
-                if step == "hang":
-                    receiver.release.wait(60)
+                if isinstance(step, tuple) and step[0] == "hang":
+                    step[1].wait(60)
                     step = 200
                 elif isinstance(step, tuple):
-                    time.sleep(step[1])
+                    receiver.closing.wait(step[1])
                     step = 200
                 self.send_response(step)
                 if step in (301, 302, 307, 308):
@@ -421,7 +432,7 @@ class Receiver:
         return self.at(path)
 
     def close(self) -> None:
-        self.release.set()
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -700,3 +711,165 @@ async def test_each_user_receives_only_their_own_events(
     assert len(got_n) == len(got_o) == 3
     await nina.request("DELETE", f"/api/v1/webhooks/{e1['id']}")
     await omar.request("DELETE", f"/api/v1/webhooks/{e2['id']}")
+
+
+# ---------------------------------------------------------------- what dies, and what survives
+
+
+def restart(process: Process) -> None:
+    process.start()
+    process.wait_for_log("ready", timeout=60)
+
+
+async def test_a_dispatcher_killed_mid_delivery_sends_the_event_again_with_its_id(
+    wh: httpx.AsyncClient, receiver: Receiver, dispatcher: Process
+) -> None:
+    """SIGKILL while the receiver holds the request: the attempt is never recorded, so the claim's
+    lease runs out and the restarted dispatcher sends the same event (same id, same body)."""
+    pat = await LedgerClient.register(wh, "pat")
+    account = await pat.create_account()
+    hook = path()
+    held = threading.Event()
+    receiver.plan(hook, ("hang", held), 200)
+    endpoint = await register(pat, receiver.url(hook))
+    deposit = await pat.deposit(account, "7.00")
+    [first] = await receiver.wait(hook, 1)
+    dispatcher.kill()
+    held.set()
+    restart(dispatcher)
+    [_, again] = await receiver.wait(hook, 2, within=60)
+    assert again.headers["Ledgerq-Event-Id"] == first.headers["Ledgerq-Event-Id"]
+    assert UUID(again.event["id"]) == event_id(UUID(deposit["id"]), "operation.succeeded")
+    assert again.body == first.body
+    for _ in range(50):
+        [delivery] = await deliveries(pat, endpoint["id"])
+        if delivery["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.1)
+    # The killed attempt left no record: one attempt, the one that succeeded.
+    assert delivery["status"] == "succeeded" and delivery["attempts"] == 1, delivery
+    await pat.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")
+
+
+@pytest.mark.timeout(300)
+async def test_worker_and_dispatcher_killed_mid_stream_every_event_arrives(
+    wh: httpx.AsyncClient, receiver: Receiver, dispatcher: Process, worker: Process
+) -> None:
+    """Operations keep coming while the partition worker and the dispatcher are SIGKILLed
+    together (a batch may be mid-transaction, deliveries in flight): after both restart, every
+    operation's event arrives, each with the id it must have, however often it came."""
+    quinn = await LedgerClient.register(wh, "quinn")
+    accounts = [await quinn.create_account() for _ in range(4)]
+    hook = path()
+    receiver.plan(hook, ("sleep", 0.05))
+    endpoint = await register(quinn, receiver.url(hook))
+    submitted: list[str] = []
+
+    async def submit(n: int) -> None:
+        for i in range(n):
+            body = {"type": "deposit", "account_id": accounts[i % 4], "amount": "1.00"}
+            submitted.append(await quinn.submit_ok(body))
+            await asyncio.sleep(0.01)
+
+    stream = asyncio.create_task(submit(120))
+    await receiver.wait(hook, 5)
+    worker.kill()
+    dispatcher.kill()
+    await asyncio.sleep(1)
+    restart(worker)
+    restart(dispatcher)
+    await stream
+    results = await quinn.wait_all(submitted, within=120)
+    assert {r["status"] for r in results} == {"succeeded"}
+    expected = {str(event_id(UUID(op), "operation.succeeded")) for op in submitted}
+    deadline = time.monotonic() + 90
+    while {r.headers["Ledgerq-Event-Id"] for r in receiver.at(hook)} != expected:
+        assert time.monotonic() < deadline, (
+            f"{len(expected - {r.headers['Ledgerq-Event-Id'] for r in receiver.at(hook)})} "
+            f"of {len(expected)} events never arrived"
+        )
+        await asyncio.sleep(0.2)
+    by_id: dict[str, set[bytes]] = {}
+    for r in receiver.at(hook):
+        by_id.setdefault(r.headers["Ledgerq-Event-Id"], set()).add(r.body)
+        assert r.event["id"] == r.headers["Ledgerq-Event-Id"]
+    # A repeated event is the same event: one body per id.
+    assert all(len(bodies) == 1 for bodies in by_id.values())
+    await quinn.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")
+
+
+@pytest.mark.timeout(300)
+async def test_events_written_while_redis_was_down_still_go_out(
+    server_urls: tuple[str, str], receiver: Receiver, tmp_path: Path
+) -> None:
+    """A deployment of its own (Redis is killed here): events of operations applied before the
+    outage whose receiver was failing, an operation cancelled during it (its event written while
+    Redis was down) and one submitted during it (applied after) all arrive once Redis is back,
+    empty: the work list is PostgreSQL's, and beat rings the dispatcher again."""
+    redis_dir = tmp_path / "redis"
+    server = start_redis(redis_dir)
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    processes: list[Process] = []
+    with migrated_database(server_urls[0], "ledgerq_webhooks") as database_url:
+        try:
+            env = {
+                **deployment_env(database_url, server.url, tmp_path / "data"),
+                **DISPATCHER_ENV,
+                "LEDGERQ_API_PORT": str(free_port()),
+            }
+            for name in ("worker", "dispatcher", "beat", "api"):
+                process = Process(f"redis-{name}", ["-m", "cli", name], env, tmp_path)
+                process.start()
+                processes.append(process)
+            for process in processes[:2]:
+                process.wait_for_log("ready", timeout=60)
+            api = f"http://127.0.0.1:{env['LEDGERQ_API_PORT']}"
+            wait_for_http(f"{api}/health", processes[3], timeout=60)
+            async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+                rosa = await LedgerClient.register(http, "rosa")
+                account = await rosa.create_account()
+                hook = path()
+                await register(
+                    rosa, receiver.url(hook), ["operation.succeeded", "operation.cancelled"]
+                )
+                before = await rosa.deposit(account, "5.00")
+                await receiver.wait(hook, 1)
+
+                # The receiver fails: this event stays pending in PostgreSQL, retried.
+                receiver.plan(hook, 503)
+                failing = await rosa.deposit(account, "6.00")
+                await receiver.wait(hook, 2)
+
+                os.kill(server.pid, signal.SIGKILL)
+                shutil.rmtree(redis_dir)  # it comes back empty: queues, bells, leases gone
+                # Stored, not applied (no broker to ring it); then one cancelled: its event is
+                # written by the cancel's transaction while Redis is down.
+                during = await rosa.submit_ok(
+                    {"type": "deposit", "account_id": account, "amount": "7.00"}
+                )
+                cancelled = await rosa.submit_ok(
+                    {"type": "deposit", "account_id": account, "amount": "8.00"}
+                )
+                r = await rosa.request("DELETE", f"/api/v1/operations/{cancelled}")
+                assert r.status_code == 200, r.text
+                receiver.plan(hook, 200)
+                await asyncio.sleep(2)
+                server = start_redis(redis_dir, port=port)
+
+                expected = {
+                    str(event_id(UUID(before["id"]), "operation.succeeded")),
+                    str(event_id(UUID(failing["id"]), "operation.succeeded")),
+                    str(event_id(UUID(during), "operation.succeeded")),
+                    str(event_id(UUID(cancelled), "operation.cancelled")),
+                }
+                deadline = time.monotonic() + 120
+                while {r.headers["Ledgerq-Event-Id"] for r in receiver.at(hook)} != expected:
+                    got = {r.headers["Ledgerq-Event-Id"] for r in receiver.at(hook)}
+                    assert time.monotonic() < deadline, f"missing {expected - got}"
+                    await asyncio.sleep(0.2)
+                assert (await rosa.wait(during))["status"] == "succeeded"
+        finally:
+            # Before the database goes: the processes, then Redis.
+            for process in processes:
+                process.stop()
+            server.stop()
