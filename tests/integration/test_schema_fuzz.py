@@ -98,7 +98,7 @@ def fuzz(
         operation = result.ok()
         strategies = [operation.as_strategy(generation_mode=mode) for mode in modes]
         names = {p.name for p in operation.path_parameters}
-        if pinned and names:
+        if pinned and names and names <= pinned.keys():
             # Some paths name things that exist (and are the caller's), not only random ids.
             strategies.append(operation.as_strategy(path_parameters={n: pinned[n] for n in names}))
         body = (bodies or {}).get(operation.definition.raw.get("operationId"))
