@@ -133,7 +133,7 @@ def send(
         url = parse_endpoint_url(delivery.url)
         try:
             addresses = resolve(url.host, url.port)
-        except OSError as exc:
+        except (OSError, UnicodeError, ValueError) as exc:
             raise WebhookUrlError(f"the host {url.host} does not resolve: {exc}") from None
         address = check_addresses(addresses, settings.webhooks_allow_private)[0]
     except WebhookUrlError as exc:
@@ -193,6 +193,7 @@ def deliver(res: Resources, settings: Settings, claim: uuid.UUID, delivery: Any)
         endpoint = record_attempt(
             conn,
             delivery_id=delivery.id,
+            endpoint_id=delivery.endpoint_id,
             claim=claim,
             status=status,
             attempted_at=attempted_at,

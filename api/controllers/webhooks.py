@@ -66,7 +66,8 @@ async def check_url(url: str, allow_private: bool) -> None:
         parsed = parse_endpoint_url(url)
         try:
             addresses = await resolve(parsed.host, parsed.port)
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError, UnicodeError, ValueError):
+            # UnicodeError: a host name IDNA cannot encode (an empty or overlong label).
             raise WebhookUrlError(f"the host {parsed.host} does not resolve") from None
         check_addresses(addresses, allow_private)
     except WebhookUrlError as exc:

@@ -1,7 +1,8 @@
 """webhooks: endpoints and the delivery outbox
 
 `webhook_endpoints`: where a user's (or, owner NULL, every account's) events go, which events,
-the signing secret (and a rotated-out one while it is still valid), enabled or disabled and why.
+the signing secret (and a rotated-out one while it is still valid), enabled or disabled and why;
+deleted ones stay, disabled (the apply statement references them).
 `webhook_deliveries`: one row per event and endpoint, written in the transaction that applied or
 cancelled the operation; the dispatcher claims the due ones and records each attempt.
 
@@ -47,10 +48,15 @@ def upgrade() -> None:
         sa.Column("disabled_reason", sa.Text(), nullable=True),
         _timestamp("disabled_at", nullable=True),
         _timestamp("failing_since", nullable=True),
+        _timestamp("deleted_at", nullable=True),
         _timestamp("created_at"),
         _timestamp("updated_at"),
         sa.CheckConstraint(
             "enabled = (disabled_at IS NULL)", name=op.f("ck_webhook_endpoints_disabled_at")
+        ),
+        sa.CheckConstraint(
+            "deleted_at IS NULL OR NOT enabled",
+            name=op.f("ck_webhook_endpoints_deleted_disabled"),
         ),
         sa.ForeignKeyConstraint(
             ["owner_id"], ["users.id"], name=op.f("fk_webhook_endpoints_owner_id_users")

@@ -456,8 +456,18 @@ DISPATCHER_ENV = {
 
 @pytest.fixture(scope="module")
 def dispatcher(
-    service_env: dict[str, str], logs_dir: Path, worker: Process, beat: Process
+    service_env: dict[str, str], logs_dir: Path, worker: Process, beat: Process, engine: Engine
 ) -> Iterator[Process]:
+    # Only the receivers of these tests get anything: endpoints other tests of the session
+    # registered (the schema fuzz may register public addresses) are disabled first.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE webhook_endpoints SET enabled = false, disabled_at = now(),"
+                " disabled_reason = 'not a receiver of tests/integration/test_webhooks.py'"
+                " WHERE enabled AND url NOT LIKE 'http://127.0.0.1:%'"
+            )
+        )
     process = Process(
         "dispatcher", ["-m", "cli", "dispatcher"], {**service_env, **DISPATCHER_ENV}, logs_dir
     )
@@ -873,3 +883,41 @@ async def test_events_written_while_redis_was_down_still_go_out(
             for process in processes:
                 process.stop()
             server.stop()
+
+
+async def test_a_disabled_endpoints_deliveries_wait_parked_until_it_is_enabled(
+    wh: httpx.AsyncClient, receiver: Receiver, dispatcher: Process, engine: Engine
+) -> None:
+    sam = await LedgerClient.register(wh, "sam")
+    account = await sam.create_account()
+    hook = path()
+    receiver.plan(hook, 503)
+    endpoint = await register(sam, receiver.url(hook))
+    await sam.deposit(account, "2.00")
+    await receiver.wait(hook, 1)
+    r = await sam.request("POST", f"/api/v1/webhooks/{endpoint['id']}/disable")
+    assert r.status_code == 200
+    await asyncio.sleep(0.5)  # an attempt in flight when it was disabled may still land
+    [delivery] = await deliveries(sam, endpoint["id"])
+    assert delivery["status"] == "pending"
+    with engine.connect() as conn:
+        parked = conn.execute(
+            sa.select(webhook_deliveries.c.next_attempt_at).where(
+                webhook_deliveries.c.id == UUID(delivery["id"])
+            )
+        ).scalar_one()
+    if parked.year == 9999:  # not re-scheduled by an attempt that was in flight
+        assert delivery["next_attempt_at"] is None
+    seen = len(receiver.at(hook))
+    await asyncio.sleep(4)  # retries came every 1-2 s while enabled; none now
+    assert len(receiver.at(hook)) <= seen + 1
+    receiver.plan(hook, 200)
+    r = await sam.request("POST", f"/api/v1/webhooks/{endpoint['id']}/enable")
+    assert r.status_code == 200
+    for _ in range(100):
+        [delivery] = await deliveries(sam, endpoint["id"])
+        if delivery["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.1)
+    assert delivery["status"] == "succeeded", delivery
+    await sam.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")

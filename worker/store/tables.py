@@ -350,9 +350,13 @@ webhook_endpoints = sa.Table(
     # The first failed attempt since the last success: failing for LEDGERQ_WEBHOOK_RETRY_PERIOD
     # disables the endpoint.
     _timestamp("failing_since", nullable=True),
+    # Deleted endpoints stay, disabled and without their secret: the apply statement inserts
+    # deliveries referencing endpoints, and a row deleted under it would fail its batch.
+    _timestamp("deleted_at", nullable=True),
     _timestamp("created_at"),
     _timestamp("updated_at"),
     sa.CheckConstraint("enabled = (disabled_at IS NULL)", name="disabled_at"),
+    sa.CheckConstraint("deleted_at IS NULL OR NOT enabled", name="deleted_disabled"),
     # The apply transaction joins a batch's account owners with the enabled endpoints.
     sa.Index("ix_webhook_endpoints_owner_id_id", "owner_id", "id"),
 )

@@ -118,6 +118,19 @@ async def write_cancelled(conn: AsyncConnection, operation_id: UUID) -> None:
 
 # ---------------------------------------------------------------- endpoints (the API)
 
+# While its endpoint is disabled a pending delivery is parked: due at this far-off time, so the
+# dispatcher's work list (due rows by time) never walks a disabled endpoint's backlog. Enabling
+# the endpoint makes them due now.
+PARKED = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+_PARK = sa.text(
+    "UPDATE webhook_deliveries SET next_attempt_at = :parked"
+    " WHERE endpoint_id = :id AND status = 'pending'"
+)
+_RESUME = sa.text(
+    "UPDATE webhook_deliveries SET next_attempt_at = now()"
+    " WHERE endpoint_id = :id AND status = 'pending' AND next_attempt_at >= :parked"
+)
+
 ENDPOINT_COLUMNS = (
     webhook_endpoints.c.id,
     webhook_endpoints.c.owner_id,
@@ -139,20 +152,25 @@ MAX_ENDPOINTS = 20
 
 
 def _visible(owner: UUID | None) -> Any:
-    """Endpoints `owner` manages: its own; None (the admin): every one."""
+    """Endpoints `owner` manages: its own; None (the admin): every one. Never a deleted one."""
+    live = webhook_endpoints.c.deleted_at.is_(None)
     if owner is None:
-        return sa.true()
-    return webhook_endpoints.c.owner_id == owner
+        return live
+    return sa.and_(live, webhook_endpoints.c.owner_id == owner)
 
 
 async def endpoint_count(conn: AsyncConnection, owner_id: UUID | None) -> int:
-    """Endpoints registered for this owner (None: for every account)."""
+    """Endpoints registered for this owner (None: for every account), deleted ones aside."""
     condition = (
         webhook_endpoints.c.owner_id.is_(None)
         if owner_id is None
         else webhook_endpoints.c.owner_id == owner_id
     )
-    query = sa.select(sa.func.count()).select_from(webhook_endpoints).where(condition)
+    query = (
+        sa.select(sa.func.count())
+        .select_from(webhook_endpoints)
+        .where(condition, webhook_endpoints.c.deleted_at.is_(None))
+    )
     return int((await conn.execute(query)).scalar_one())
 
 
@@ -215,11 +233,30 @@ async def endpoint_url(conn: AsyncConnection, endpoint_id: UUID, owner: UUID | N
 
 
 async def delete_endpoint(conn: AsyncConnection, endpoint_id: UUID, owner: UUID | None) -> bool:
-    """Delete the endpoint and its deliveries (ON DELETE CASCADE)."""
+    """Delete the endpoint: it is disabled, forgets its secrets and is no longer seen; its
+    deliveries are deleted. The row stays: an apply transaction may be inserting a delivery that
+    references it (such a late row is never claimed: the endpoint is disabled)."""
+    table = webhook_endpoints
     result = await conn.execute(
-        webhook_endpoints.delete().where(webhook_endpoints.c.id == endpoint_id, _visible(owner))
+        table.update()
+        .where(table.c.id == endpoint_id, _visible(owner))
+        .values(
+            enabled=False,
+            disabled_at=sa.func.coalesce(table.c.disabled_at, sa.func.now()),
+            disabled_reason="deleted",
+            deleted_at=sa.func.now(),
+            secret="",
+            previous_secret=None,
+            previous_secret_expires_at=None,
+            updated_at=sa.func.now(),
+        )
     )
-    return bool(result.rowcount)
+    if not result.rowcount:
+        return False
+    await conn.execute(
+        webhook_deliveries.delete().where(webhook_deliveries.c.endpoint_id == endpoint_id)
+    )
+    return True
 
 
 async def rotate_secret(
@@ -261,7 +298,7 @@ async def set_enabled(
             disabled_at=sa.func.coalesce(table.c.disabled_at, sa.func.now()),
             disabled_reason=reason,
         )
-    return (
+    row = (
         await conn.execute(
             table.update()
             .where(table.c.id == endpoint_id, _visible(owner))
@@ -269,6 +306,9 @@ async def set_enabled(
             .returning(*ENDPOINT_COLUMNS)
         )
     ).one_or_none()
+    if row is not None:
+        await conn.execute(_RESUME if enabled else _PARK, {"id": endpoint_id, "parked": PARKED})
+    return row
 
 
 # ---------------------------------------------------------------- deliveries (the API)
@@ -281,7 +321,10 @@ DELIVERY_COLUMNS = (
     webhook_deliveries.c.operation_id,
     webhook_deliveries.c.status,
     webhook_deliveries.c.attempts,
-    webhook_deliveries.c.next_attempt_at,
+    # A parked delivery (its endpoint is disabled) has no next try to show.
+    sa.case(
+        (webhook_deliveries.c.next_attempt_at < PARKED, webhook_deliveries.c.next_attempt_at)
+    ).label("next_attempt_at"),
     webhook_deliveries.c.last_attempt_at,
     webhook_deliveries.c.last_status_code,
     webhook_deliveries.c.last_error,
@@ -414,10 +457,14 @@ _ENDPOINT_FAILED = sa.text(
 )
 
 
+_LOCK_ENDPOINT = sa.text("SELECT id FROM webhook_endpoints WHERE id = :id FOR NO KEY UPDATE")
+
+
 def record_attempt(
     conn: Connection,
     *,
     delivery_id: UUID,
+    endpoint_id: UUID,
     claim: UUID,
     status: str,
     attempted_at: dt.datetime,
@@ -431,6 +478,9 @@ def record_attempt(
     pending (retried after `delay` seconds), and the endpoint's failure clock. None when the
     claim was lost (it outlived its lease and another dispatcher took the delivery: that one
     records); else whether the endpoint is still enabled, and why not."""
+    # Endpoint first, then the delivery, as the API's changes of an endpoint lock them: the
+    # two never wait for each other crosswise (a deadlock).
+    conn.execute(_LOCK_ENDPOINT, {"id": endpoint_id})
     entry = {
         "at": attempted_at.isoformat(),
         "duration_ms": duration_ms,
@@ -466,4 +516,6 @@ def record_attempt(
         _ENDPOINT_FAILED,
         {"id": row.endpoint_id, "attempted_at": attempted_at, "period": period, "reason": reason},
     ).one()
+    if not endpoint_state.enabled:
+        conn.execute(_PARK, {"id": row.endpoint_id, "parked": PARKED})
     return bool(endpoint_state.enabled), endpoint_state.disabled_reason
