@@ -559,6 +559,36 @@ async def test_hold_events_carry_the_hold(
     await judy.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")
 
 
+async def test_a_void_and_an_expiry_close_holds_with_their_events(
+    wh: httpx.AsyncClient, receiver: Receiver, dispatcher: Process
+) -> None:
+    tess = await LedgerClient.register(wh, "tess")
+    account = await tess.create_account()
+    await tess.deposit(account, "50.00")
+    hook = path()
+    endpoint = await register(tess, receiver.url(hook), ["hold.voided", "hold.expired"])
+    voided = await tess.wait(
+        await tess.submit_ok({"type": "hold", "account_id": account, "amount": "3.00"})
+    )
+    void = await tess.wait(await tess.submit_ok({"type": "void", "hold_id": voided["id"]}))
+    [got] = await receiver.wait(hook, 1)
+    assert got.event["type"] == "hold.voided"
+    assert got.event["data"]["operation"]["id"] == void["id"]
+    assert got.event["data"]["hold"]["status"] == "voided"
+    # The sweeper (beat, every second here) voids it once expired: hold.expired.
+    expiring = await tess.wait(
+        await tess.submit_ok(
+            {"type": "hold", "account_id": account, "amount": "4.00", "expires_in": 1}
+        )
+    )
+    [_, got] = await receiver.wait(hook, 2, within=60)
+    assert got.event["type"] == "hold.expired"
+    assert got.event["data"]["hold"]["id"] == expiring["id"]
+    assert got.event["data"]["hold"]["status"] == "expired"
+    assert got.event["data"]["operation"]["type"] == "void"
+    await tess.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")
+
+
 async def test_500s_and_timeouts_are_retried_with_the_same_event(
     wh: httpx.AsyncClient, receiver: Receiver, dispatcher: Process
 ) -> None:
