@@ -178,7 +178,11 @@ def send(
 def deliver(res: Resources, settings: Settings, claim: uuid.UUID, delivery: Any) -> Attempt:
     """Send a claimed delivery and record the attempt: succeeded, retried later, or given up."""
     attempted_at = dt.datetime.now(dt.UTC)
-    attempt = send(res.http, settings, delivery)
+    try:
+        attempt = send(res.http, settings, delivery)
+    except Exception as exc:  # a bug: record it as a failed attempt, so backoff and give-up apply
+        log.exception("webhook_send_crashed", delivery_id=str(delivery.id))
+        attempt = Attempt(None, f"internal error: {type(exc).__name__}", 0)
     number = delivery.attempts + 1
     if attempt.succeeded:
         status, delay = "succeeded", 0.0
