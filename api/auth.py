@@ -100,9 +100,10 @@ def current_principal() -> Principal | None:
 BASIC_ONLY = "basic"  # HTTP Basic itself: a token or key must not mint tokens
 MANAGE_KEYS = "manage_keys"  # a password or token, or the admin: keys never mint keys
 AUTHENTICATED = "authenticated"  # any principal at all
-# The asset catalog: read by clients with accounts:read, who trade in it, and by the admin, who
-# keeps it (the master key holds the admin scope only).
-CATALOG_READ = "catalog_read"
+# accounts:read, or the admin: the asset catalog (read by clients who trade in it and by the admin
+# who keeps it) and webhooks (a user's for its accounts, the admin's for all); the master key holds
+# the admin scope only.
+READ_OR_ADMIN = "read_or_admin"
 
 # operationId -> what the principal needs. Routes excluded from authentication (health, docs,
 # register) have no principal and are not listed; an authenticated route missing here is refused.
@@ -142,24 +143,24 @@ ACCESS: dict[str, str] = {
     "unfreezeAccount": ADMIN,
     "createAsset": ADMIN,
     "upsertPrices": ADMIN,
-    "listAssets": CATALOG_READ,
-    "getAsset": CATALOG_READ,
-    "listPrices": CATALOG_READ,
+    "listAssets": READ_OR_ADMIN,
+    "getAsset": READ_OR_ADMIN,
+    "listPrices": READ_OR_ADMIN,
     "getPortfolio": ACCOUNTS_READ,
     "listClients": ADMIN,
     "listClientAllocations": ADMIN,
     "getCaptado": ADMIN,
     "followCaptado": ADMIN,
     # Webhooks push the events accounts:read could read; the admin's may cover every account.
-    "createWebhook": CATALOG_READ,
-    "listWebhooks": CATALOG_READ,
-    "getWebhook": CATALOG_READ,
-    "deleteWebhook": CATALOG_READ,
-    "rotateWebhookSecret": CATALOG_READ,
-    "disableWebhook": CATALOG_READ,
-    "enableWebhook": CATALOG_READ,
-    "listWebhookDeliveries": CATALOG_READ,
-    "retryWebhookDelivery": CATALOG_READ,
+    "createWebhook": READ_OR_ADMIN,
+    "listWebhooks": READ_OR_ADMIN,
+    "getWebhook": READ_OR_ADMIN,
+    "deleteWebhook": READ_OR_ADMIN,
+    "rotateWebhookSecret": READ_OR_ADMIN,
+    "disableWebhook": READ_OR_ADMIN,
+    "enableWebhook": READ_OR_ADMIN,
+    "listWebhookDeliveries": READ_OR_ADMIN,
+    "retryWebhookDelivery": READ_OR_ADMIN,
 }
 
 
@@ -190,7 +191,7 @@ async def require_access(
             raise forbidden(
                 "forbidden", "API keys are managed with a password or a token, not with a key."
             )
-    elif requirement == CATALOG_READ:
+    elif requirement == READ_OR_ADMIN:
         if not (principal.is_admin or ACCOUNTS_READ in principal.scopes):
             raise forbidden(
                 "insufficient_scope",

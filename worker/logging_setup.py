@@ -16,42 +16,61 @@ from typing import TextIO
 import structlog
 from structlog.typing import Processor
 
-from worker.routing import SWEEP_TASK
+from worker.routing import SWEEP_TASK, WEBHOOK_DISPATCH_TASK
+
+# Beat sends these every second or two; a run that found nothing is not news.
+ROUTINE_TASKS = (SWEEP_TASK, WEBHOOK_DISPATCH_TASK)
 
 # Loggers that are chatty at INFO and say nothing an operator needs at that level.
 _QUIET = {"kombu": logging.WARNING, "amqp": logging.WARNING, "urllib3": logging.WARNING}
 
 
-# Celery's loggers of the three lines each sweep writes at INFO (every LEDGERQ_SWEEP_INTERVAL
-# seconds): beat sending the task, a worker receiving it, and its success with the return value.
-_SWEEP_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+# Celery's loggers of the lines each routine run writes at INFO (the sweep every
+# LEDGERQ_SWEEP_INTERVAL seconds, the webhook dispatcher's ring every LEDGERQ_WEBHOOK_INTERVAL):
+# beat sending the task, a worker receiving it (or discarding it, expired), and its success with
+# the return value.
+_SWEEP_LOGGERS = (
+    "celery.beat",
+    "celery.worker.strategy",
+    "celery.app.trace",
+    "celery.worker.request",
+)
+# What a run that found nothing returns: no partition rung, no delivery attempted.
+_NOTHING_DONE = ("[]", "0")
 
 
 def _routine_sweep(record: logging.LogRecord) -> bool:
-    """A line of a sweep that found nothing: beat's "Sending due task", the worker's "received",
-    and "succeeded" with an empty list (the partitions rung). A sweep that rang partitions keeps
-    its "succeeded" line (and sweeper_rang) at INFO; failures are not INFO lines at all."""
+    """A line of a routine run that found nothing: beat's "Sending due task", the worker's
+    "received" (or "Discarding revoked task", an expired ring), and "succeeded" with nothing done.
+    A run that did something keeps its "succeeded" line at INFO; failures are not INFO lines."""
     if record.levelno != logging.INFO:
         return False
+    args = record.args
     if record.name == "celery.beat":
-        args = record.args
         return (
             isinstance(args, tuple)
             and len(args) == 2
-            and args[1] == SWEEP_TASK
+            and args[1] in ROUTINE_TASKS
             and str(record.msg).startswith("Scheduler: Sending due task")
         )
+    if record.name == "celery.worker.request":
+        return (
+            isinstance(args, tuple)
+            and len(args) >= 1
+            and args[0] in ROUTINE_TASKS
+            and str(record.msg).startswith("Discarding revoked task")
+        )
     data = getattr(record, "data", None)
-    if not isinstance(data, dict) or data.get("name") != SWEEP_TASK:
+    if not isinstance(data, dict) or data.get("name") not in ROUTINE_TASKS:
         return False
     if record.name == "celery.worker.strategy":
         return True
-    return record.name == "celery.app.trace" and data.get("return_value") == "[]"
+    return record.name == "celery.app.trace" and data.get("return_value") in _NOTHING_DONE
 
 
 class RoutineSweepFilter(logging.Filter):
-    """Logs routine sweeps at DEBUG: otherwise beat and the worker write three INFO lines every
-    two seconds and `ledgerq dev` shows little else."""
+    """Logs routine runs (sweeps, webhook rings) at DEBUG: otherwise beat, the worker and the
+    dispatcher write INFO lines every second or two and `ledgerq dev` shows little else."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not _routine_sweep(record):

@@ -278,36 +278,6 @@ def dispatch() -> int:
 # ----------------------------------------------------------------------------- logging
 
 
-def _routine(record: logging.LogRecord) -> bool:
-    """A ring received, one that sent nothing, or one discarded as stale (expired)."""
-    if record.levelno != logging.INFO:
-        return False
-    if record.name == "celery.worker.request":
-        args = record.args
-        return (
-            isinstance(args, tuple)
-            and len(args) >= 1
-            and args[0] == WEBHOOK_DISPATCH_TASK
-            and str(record.msg).startswith("Discarding revoked task")
-        )
-    data = getattr(record, "data", None)
-    if not isinstance(data, dict) or data.get("name") != WEBHOOK_DISPATCH_TASK:
-        return False
-    return record.name == "celery.worker.strategy" or (
-        record.name == "celery.app.trace" and data.get("return_value") == "0"
-    )
-
-
-class RoutineDispatchFilter(logging.Filter):
-    """Routine rings are DEBUG lines, not INFO: beat rings every LEDGERQ_WEBHOOK_INTERVAL seconds."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not _routine(record):
-            return True
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-
-
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     from worker.logging_setup import configure_logging
@@ -317,7 +287,3 @@ def _setup_logging(**_: Any) -> None:
     # httpx logs every request at INFO; webhook_delivered and webhook_attempt_failed say more.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("celery.worker.strategy", "celery.app.trace", "celery.worker.request"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RoutineDispatchFilter) for f in logger.filters):
-            logger.addFilter(RoutineDispatchFilter())
