@@ -79,7 +79,7 @@ _known_world: set[UUID] = set()
 def apply_next_batch(conn: Connection, partition: int, batch_size: int) -> list[Completion]:
     """One transaction: lock the partition, apply up to batch_size pending operations, commit."""
     with conn.begin():
-        batch = lock_pending_batch(conn, partition, batch_size)
+        batch, webhooks = lock_pending_batch(conn, partition, batch_size)
         if not batch:
             return []
         ops = [p.operation for p in batch]
@@ -113,7 +113,7 @@ def apply_next_batch(conn: Connection, partition: int, batch_size: int) -> list[
         holdings = load_holdings(conn, investments, custody) if investments else NO_HOLDINGS
         refs = load_refs(conn, ops)
         outcomes, changed = apply_batch(ops, balances, world, holdings, refs)
-        write_outcomes(conn, batch, outcomes, changed)
+        write_outcomes(conn, batch, outcomes, changed, events=webhooks)
     _known_world.update((*world.values(), *custody.values()))
     return [
         Completion(

@@ -74,7 +74,7 @@ _PENDING_COLUMNS = (
 _LOCKED_PENDING_BATCH = Compiled(
     sa.text(
         f"""
-        SELECT {_PENDING_COLUMNS}
+        SELECT {_PENDING_COLUMNS}, {ANY_ENDPOINT} AS webhooks
         FROM operations
         WHERE (SELECT pg_advisory_xact_lock(:namespace, :partition)) IS NOT NULL
           AND partition = :partition AND status = 'pending'
@@ -128,10 +128,15 @@ def _pending(r: Any) -> PendingOperation:
     )
 
 
-def lock_pending_batch(conn: Connection, partition: int, limit: int) -> list[PendingOperation]:
-    """Lock the partition for this transaction and read up to `limit` pending operations, in order."""
+def lock_pending_batch(
+    conn: Connection, partition: int, limit: int
+) -> tuple[list[PendingOperation], bool]:
+    """Lock the partition for this transaction and read up to `limit` pending operations, in
+    order; and whether any webhook endpoint is enabled (then `write_outcomes` writes the batch's
+    events). An endpoint enabled while the batch runs counts from the next batch on."""
     params = {"namespace": ADVISORY_NAMESPACE, "partition": partition, "limit": limit}
-    return [_pending(r) for r in _run(conn, _LOCKED_PENDING_BATCH, params)]
+    rows = _run(conn, _LOCKED_PENDING_BATCH, params)
+    return [_pending(r) for r in rows], bool(rows and rows[0].webhooks)
 
 
 # By primary key alone (a status condition let the planner walk the pending index). FOR NO KEY
@@ -303,9 +308,8 @@ _HOLD_COLUMNS = ", ".join(EVENT_HOLD_COLUMNS)
 _OPERATION_COLUMNS = ", ".join(f"o.{c}" for c in EVENT_OPERATION_COLUMNS)
 _EVENT_ID = event_id_sql("o.id", "ev.type")
 _SUBSCRIBED = subscribed("ev.type", "a.owner_id")
-_WRITE_OUTCOMES = Compiled(
-    sa.text(
-        f"""
+_WRITE_BATCH = """
+
         WITH balances AS (
             UPDATE accounts AS a
             SET balance = v.balance, held = v.held, frozen = v.frozen,
@@ -336,8 +340,7 @@ _WRITE_OUTCOMES = Compiled(
             SET captured = EXCLUDED.captured, released = EXCLUDED.released,
                 status = EXCLUDED.status, closed_at = EXCLUDED.closed_at,
                 closed_by = EXCLUDED.closed_by
-            RETURNING {_HOLD_COLUMNS}
-        ), reversed AS (
+{hold_returning}        ), reversed AS (
             UPDATE operations AS o SET reversed_amount = v.total, updated_at = clock_timestamp()
             FROM unnest(CAST(:reversed_ids AS uuid[]), CAST(:reversed_totals AS bigint[]))
                 AS v(id, total)
@@ -362,7 +365,11 @@ _WRITE_OUTCOMES = Compiled(
             ) AS v(account_id, asset_id, units, invested)
             ON CONFLICT (account_id, asset_id) DO UPDATE
             SET units = EXCLUDED.units, invested = EXCLUDED.invested, updated_at = EXCLUDED.updated_at
-        ), applied AS (
+{last}"""
+# Without an enabled endpoint (lock_pending_batch says so, in the batch's first statement), the
+# batch writes no outbox and returns nothing: the RETURNING rows and the join cost the apply
+# about a tenth of its CPU per operation (docs/benchmarks.md).
+_EVENTS_LAST = """        ), applied AS (
             UPDATE operations AS o
             SET status = v.status, error_code = v.error_code, error_message = v.error_message,
                 applied_at = clock_timestamp(), updated_at = clock_timestamp(),
@@ -374,11 +381,11 @@ _WRITE_OUTCOMES = Compiled(
                 CAST(:amounts AS bigint[]), CAST(:quantities AS bigint[]), CAST(:prices AS bigint[])
             ) AS v(id, status, error_code, error_message, amount, quantity, price)
             WHERE o.id = v.id
-            RETURNING {_OPERATION_COLUMNS}
+            RETURNING {operation_columns}
         )
         INSERT INTO webhook_deliveries
             (id, event_id, endpoint_id, event_type, operation_id, payload)
-        SELECT {NEW_DELIVERY_ID}, {_EVENT_ID}, w.id, ev.type, o.id,
+        SELECT {new_delivery_id}, {event_id}, w.id, ev.type, o.id,
                CASE WHEN h.id IS NOT NULL AND starts_with(ev.type, 'hold.')
                     THEN jsonb_build_object('operation', to_jsonb(o), 'hold', to_jsonb(h))
                     ELSE jsonb_build_object('operation', to_jsonb(o)) END
@@ -395,11 +402,40 @@ _WRITE_OUTCOMES = Compiled(
                          WHEN h.status = 'expired' THEN 'hold.expired'
                          ELSE 'hold.voided' END)
         ) AS ev(type)
-        JOIN webhook_endpoints AS w ON {_SUBSCRIBED}
-        WHERE {ANY_ENDPOINT}
+        JOIN webhook_endpoints AS w ON {subscribed}
+        WHERE {any_endpoint}
         ON CONFLICT (event_id, endpoint_id) DO NOTHING
-        """  # noqa: S608 (constant fragments, no input)
+        """
+_PLAIN_LAST = """        )
+        UPDATE operations AS o
+        SET status = v.status, error_code = v.error_code, error_message = v.error_message,
+            applied_at = clock_timestamp(), updated_at = clock_timestamp(),
+            amount = COALESCE(v.amount, o.amount), quantity = COALESCE(v.quantity, o.quantity),
+            price = COALESCE(v.price, o.price)
+        FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:statuses AS text[]),
+            CAST(:error_codes AS text[]), CAST(:error_messages AS text[]),
+            CAST(:amounts AS bigint[]), CAST(:quantities AS bigint[]), CAST(:prices AS bigint[])
+        ) AS v(id, status, error_code, error_message, amount, quantity, price)
+        WHERE o.id = v.id
+        """
+_WRITE_OUTCOMES = Compiled(
+    sa.text(
+        _WRITE_BATCH.format(
+            hold_returning=f"            RETURNING {_HOLD_COLUMNS}\n",
+            hold_columns=_HOLD_COLUMNS,
+            last=_EVENTS_LAST.format(
+                operation_columns=_OPERATION_COLUMNS,
+                new_delivery_id=NEW_DELIVERY_ID,
+                event_id=_EVENT_ID,
+                subscribed=_SUBSCRIBED,
+                any_endpoint=ANY_ENDPOINT,
+            ),
+        )
     )
+)
+_WRITE_OUTCOMES_NO_EVENTS = Compiled(
+    sa.text(_WRITE_BATCH.format(hold_returning="", hold_columns="", last=_PLAIN_LAST))
 )
 
 # The price an investment trades at: the latest close on or before today (UTC): today's once it
@@ -448,9 +484,10 @@ def write_outcomes(
     batch: Sequence[PendingOperation],
     outcomes: Sequence[Outcome],
     changed: dict[UUID, Account],
+    events: bool = True,
 ) -> None:
     """One statement for the whole batch, whatever its size: balances (and holds, controls),
-    entries, positions, holds, reversed totals, statuses."""
+    entries, positions, holds, reversed totals, statuses, and (`events`) the webhook outbox."""
     balance_ids = sorted(changed)
     by_id = {p.operation.id: p for p in batch}
     entry_rows: list[tuple[UUID, UUID, int, int, str, str | None]] = []
@@ -477,7 +514,7 @@ def write_outcomes(
     reversed_totals = dict(o.reversed for o in applied if o.reversed is not None)
     _run(
         conn,
-        _WRITE_OUTCOMES,
+        _WRITE_OUTCOMES if events else _WRITE_OUTCOMES_NO_EVENTS,
         {
             "balance_ids": balance_ids,
             "balances": [changed[i].balance for i in balance_ids],
