@@ -1,4 +1,4 @@
-# ruff: noqa: S106, S301 (test secrets and a pickle of our own)
+
 """The client's pure parts: amounts, bodies, queries, problems, retry decisions, server-sent
 events, decoding, and the sync and async clients offering the same methods."""
 

@@ -1,4 +1,4 @@
-# ruff: noqa: S105 (test secrets and a pickle of our own)
+
 """Webhook signature verification against known vectors (computed independently with
 `openssl dgst -sha256 -hmac`); pure, no I/O."""
 
