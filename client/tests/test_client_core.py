@@ -1,4 +1,3 @@
-
 """The client's pure parts: amounts, bodies, queries, problems, retry decisions, server-sent
 events, decoding, and the sync and async clients offering the same methods."""
 

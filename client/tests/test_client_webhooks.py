@@ -1,4 +1,3 @@
-
 """Webhook signature verification against known vectors (computed independently with
 `openssl dgst -sha256 -hmac`); pure, no I/O."""
 
