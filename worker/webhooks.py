@@ -21,6 +21,7 @@ import functools
 import logging
 import random
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -273,6 +274,27 @@ def dispatch() -> int:
         # PostgreSQL out of reach: what was claimed comes due again after its lease.
         log.warning("webhook_dispatch_failed", error=str(exc).splitlines()[0])
     return attempts
+
+
+def _poll(interval: float) -> None:
+    while True:
+        time.sleep(interval)
+        try:
+            dispatch()
+        except Exception as exc:  # the next look comes anyway; say why this one failed
+            log.warning("webhook_poll_failed", error=str(exc).splitlines()[0] if str(exc) else "")
+
+
+@signals.worker_ready.connect
+def _start_polling(sender: Any = None, **_: Any) -> None:
+    """Deliveries do not depend on the broker alone: beat's rings are the fast path, and each
+    dispatcher also looks at PostgreSQL itself every LEDGERQ_WEBHOOK_INTERVAL seconds (a direct
+    call, in a thread of its own). A dispatcher whose broker connection died without notice (seen
+    after a Redis SIGKILL), or a deployment whose beat is down, still sends what is due."""
+    if getattr(sender, "app", None) is not app:
+        return
+    interval = get_settings().webhook_interval
+    threading.Thread(target=_poll, args=(interval,), name="webhook-poll", daemon=True).start()
 
 
 # ----------------------------------------------------------------------------- logging
