@@ -237,8 +237,14 @@ def deliver(res: Resources, settings: Settings, claim: uuid.UUID, delivery: Any)
 
 
 def ring(settings: Settings) -> None:
-    """One more dispatch message (routed to the webhook queue); stale after a few intervals."""
-    app.send_task(WEBHOOK_DISPATCH_TASK, expires=settings.webhook_interval * 5)
+    """One more dispatch message (routed to the webhook queue); stale after a few intervals.
+    Best effort and never waiting on the broker: with Redis down, a retrying publish held the
+    dispatch threads (and the producer pool) until nothing was sent even after Redis came back;
+    the PostgreSQL poll (`_start_polling`) finds the work anyway."""
+    try:
+        app.send_task(WEBHOOK_DISPATCH_TASK, expires=settings.webhook_interval * 5, retry=False)
+    except Exception as exc:  # a ring is an accelerator, never a requirement
+        log.debug("webhook_ring_failed", error=str(exc).splitlines()[0] if str(exc) else "")
 
 
 @app.task(name=WEBHOOK_DISPATCH_TASK)
