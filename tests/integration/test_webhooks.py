@@ -839,13 +839,6 @@ async def test_worker_and_dispatcher_killed_mid_stream_every_event_arrives(
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, 1 run in 3: when Redis is SIGKILLed the dispatcher's Celery worker "
-    "(threads pool) can die with kombu's 'Unrecoverable error: AttributeError' while acking, and "
-    "nothing goes out until the process is restarted (compose and `ledgerq dev` restart it; this "
-    "test does not). Events stay in PostgreSQL; the fix is tracked as its own issue.",
-)
 async def test_events_written_while_redis_was_down_still_go_out(
     server_urls: tuple[str, str], receiver: Receiver, tmp_path: Path
 ) -> None:
