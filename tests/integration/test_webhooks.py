@@ -17,6 +17,8 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -910,6 +912,81 @@ async def test_events_written_while_redis_was_down_still_go_out(
                 assert (await rosa.wait(during))["status"] == "succeeded"
         finally:
             # Before the database goes: the processes, then Redis.
+            for process in processes:
+                process.stop()
+            server.stop()
+
+
+def ring_dispatcher(env: dict[str, str]) -> None:
+    """One dispatch message on the webhook queue, sent as beat sends it (a process of the
+    deployment's settings)."""
+    code = "from worker.settings import get_settings; from worker.webhooks import app, ring; "
+    code += "ring(get_settings()); app.close()"
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True, timeout=30)
+
+
+@pytest.mark.timeout(300)
+async def test_the_dispatcher_outlives_a_redis_sigkill_with_a_delivery_in_flight(
+    server_urls: tuple[str, str], receiver: Receiver, tmp_path: Path
+) -> None:
+    """A dispatch task (a Celery message, acknowledged when it ends) is waiting on a receiver
+    when Redis is SIGKILLed. Celery 5.7.0 crashed here: closing the lost connection tried to
+    restore that unacknowledged message through a client it had just dropped ("Unrecoverable
+    error", the dispatcher exited and sent nothing more). The delivery completes, the dispatcher
+    reconnects once Redis is back (empty) and sends the next event. No beat, and its own look at
+    PostgreSQL only hourly: every delivery here comes from a Celery task."""
+    redis_dir = tmp_path / "redis"
+    server = start_redis(redis_dir)
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    processes: list[Process] = []
+    with migrated_database(server_urls[0], "ledgerq_webhooks") as database_url:
+        try:
+            env = {
+                **deployment_env(database_url, server.url, tmp_path / "data"),
+                **DISPATCHER_ENV,
+                "LEDGERQ_WEBHOOK_INTERVAL": "3600",
+                "LEDGERQ_API_PORT": str(free_port()),
+            }
+            for name in ("worker", "dispatcher", "api"):
+                process = Process(f"inflight-{name}", ["-m", "cli", name], env, tmp_path)
+                process.start()
+                processes.append(process)
+            worker, dispatcher, api_process = processes
+            for process in (worker, dispatcher):
+                process.wait_for_log("ready", timeout=60)
+            api = f"http://127.0.0.1:{env['LEDGERQ_API_PORT']}"
+            wait_for_http(f"{api}/health", api_process, timeout=60)
+            async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+                rosa = await LedgerClient.register(http, "rosa")
+                account = await rosa.create_account()
+                hook = path()
+                await register(rosa, receiver.url(hook))
+                held = threading.Event()
+                receiver.plan(hook, ("hang", held), 200)
+                first = await rosa.deposit(account, "5.00")
+                await asyncio.to_thread(ring_dispatcher, env)
+                await receiver.wait(hook, 1)  # the task is in flight, its message unacknowledged
+
+                os.kill(server.pid, signal.SIGKILL)
+                shutil.rmtree(redis_dir)
+                await asyncio.to_thread(
+                    dispatcher.wait_for_log, "Connection to broker lost", timeout=30
+                )
+                held.set()  # the delivery ends; its message cannot be acknowledged
+                await asyncio.sleep(1)
+                assert "Unrecoverable error" not in dispatcher.log_text(), dispatcher.log_text()
+                dispatcher.assert_alive()
+                server = start_redis(redis_dir, port=port)
+
+                second = await rosa.deposit(account, "6.00")
+                await asyncio.to_thread(ring_dispatcher, env)
+                requests = await receiver.wait(hook, 2)
+                assert [r.headers["Ledgerq-Event-Id"] for r in requests] == [
+                    str(event_id(UUID(op["id"]), "operation.succeeded")) for op in (first, second)
+                ]
+                dispatcher.assert_alive()
+                assert "Unrecoverable error" not in dispatcher.log_text()
+        finally:
             for process in processes:
                 process.stop()
             server.stop()
