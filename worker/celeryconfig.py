@@ -42,6 +42,9 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 worker_cancel_long_running_tasks_on_connection_loss = False
+# Celery's consumer, corrected so a lost Redis connection with a task running does not end the
+# worker (Celery 5.7.0; see worker/consumer.py).
+worker_consumer = "worker.consumer:Consumer"
 broker_transport_options = (
     {"visibility_timeout": 300}
     if broker_url.startswith(("redis://", "rediss://", "unix://"))

@@ -930,11 +930,12 @@ async def test_the_dispatcher_outlives_a_redis_sigkill_with_a_delivery_in_flight
     server_urls: tuple[str, str], receiver: Receiver, tmp_path: Path
 ) -> None:
     """A dispatch task (a Celery message, acknowledged when it ends) is waiting on a receiver
-    when Redis is SIGKILLed. Celery 5.7.0 crashed here: closing the lost connection tried to
-    restore that unacknowledged message through a client it had just dropped ("Unrecoverable
-    error", the dispatcher exited and sent nothing more). The delivery completes, the dispatcher
-    reconnects once Redis is back (empty) and sends the next event. No beat, and its own look at
-    PostgreSQL only hourly: every delivery here comes from a Celery task."""
+    when Redis is SIGKILLed. Celery 5.7.0 alone crashed here: closing the lost connection tried
+    to restore that unacknowledged message through a client it had just dropped ("Unrecoverable
+    error", the dispatcher exited and sent nothing more; worker/consumer.py corrects it). The
+    delivery completes, the dispatcher reconnects once Redis is back (empty) and sends the next
+    event. No beat, and its own look at PostgreSQL only hourly: every delivery here comes from
+    a Celery task."""
     redis_dir = tmp_path / "redis"
     server = start_redis(redis_dir)
     port = int(server.url.rsplit(":", 1)[1].split("/")[0])
