@@ -3,6 +3,10 @@
 Servers come from LEDGERQ_TEST_DATABASE_URL / LEDGERQ_TEST_REDIS_URL when set (CI points them at
 the machine's services); otherwise the same embedded servers as `ledgerq dev` are started. Each
 session gets its own database, migrated from empty with Alembic.
+
+The suite runs in parallel processes (pytest-xdist, `-n` in pyproject.toml; a test file stays in
+one process): each process is a session of its own, with its own database, its own Redis
+database (the given one, then the ones below it: /15, /14, ...) and its own embedded servers.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
@@ -25,7 +30,18 @@ from worker.store.db import make_engine
 from worker.store.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
-EMBEDDED_DIR = ROOT / ".ledgerq" / "test"
+# "gw0", "gw1", ... in a process of pytest-xdist; empty in a run without it (-p no:xdist, -n 0).
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+EMBEDDED_DIR = ROOT / ".ledgerq" / "test" / (XDIST_WORKER or "main")
+
+
+def own_redis_database(url: str) -> str:
+    """The given Redis URL for the first (or only) test process, the databases below its own for
+    the others: parallel sessions never see each other's queues, bells or leases."""
+    index = int(XDIST_WORKER[2:]) if XDIST_WORKER.startswith("gw") else 0
+    parts = urlsplit(url)
+    given = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(given - index) % 16}"))
 
 
 def _plain(url: str) -> str:
@@ -48,7 +64,7 @@ def server_urls() -> Iterator[tuple[str, str]]:
         server = start_redis(EMBEDDED_DIR / "redis")
         started.append(server)
         redis_url = server.url
-    yield pg_url, redis_url
+    yield pg_url, own_redis_database(redis_url)
     for server in started:
         server.stop()
 
