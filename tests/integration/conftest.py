@@ -24,6 +24,8 @@ import redis
 from sqlalchemy import Engine
 
 from devserver import EmbeddedServer, free_port, start_postgres, start_redis
+from tests.integration.devrun import run_processes
+from tests.integration.isolated import kill_all
 from tests.integration.support import LedgerClient, Process, wait_for_http
 from worker.settings import get_settings, normalize_database_url
 from worker.store.db import make_engine
@@ -179,3 +181,14 @@ async def alice(http: httpx.AsyncClient) -> LedgerClient:
 @pytest.fixture
 async def bob(http: httpx.AsyncClient) -> LedgerClient:
     return await LedgerClient.register(http, "bob")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A `ledgerq dev` run's data folder (tests/integration/devrun.py); whatever of its runs a
+    failing test leaves is killed afterwards."""
+    path = tmp_path / "data"
+    try:
+        yield path
+    finally:
+        kill_all(run_processes(path))
