@@ -33,7 +33,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from devserver import free_port, start_redis
+from devserver import EmbeddedServer, free_port, start_redis
 from domain.webhooks import event_id
 from tests.integration.isolated import deployment_env, migrated_database
 from tests.integration.support import (
@@ -840,6 +840,67 @@ async def test_worker_and_dispatcher_killed_mid_stream_every_event_arrives(
     await quinn.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")
 
 
+@dataclass
+class RedisKillDeployment:
+    """A deployment of its own whose Redis the test kills (emptied) and starts again."""
+
+    redis_dir: Path
+    server: EmbeddedServer
+    env: dict[str, str]
+    processes: dict[str, Process]
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['LEDGERQ_API_PORT']}"
+
+    def kill_redis(self) -> None:
+        """SIGKILL; it comes back empty: queues, bells, leases gone."""
+        os.kill(self.server.pid, signal.SIGKILL)
+        shutil.rmtree(self.redis_dir)
+
+    def restart_redis(self) -> None:
+        port = int(self.server.url.rsplit(":", 1)[1].split("/")[0])
+        self.server = start_redis(self.redis_dir, port=port)
+
+
+@contextlib.asynccontextmanager
+async def redis_kill_deployment(
+    server_urls: tuple[str, str], tmp_path: Path, names: tuple[str, ...], **env: str
+) -> AsyncIterator[RedisKillDeployment]:
+    """`names` of `ledgerq` processes (the api among them) on a fresh database and a private
+    Redis; yielded once workers and dispatchers are ready and the API answers."""
+    redis_dir = tmp_path / "redis"
+    server = start_redis(redis_dir)
+    with migrated_database(server_urls[0], "ledgerq_webhooks") as database_url:
+        deployment = RedisKillDeployment(
+            redis_dir,
+            server,
+            {
+                **deployment_env(database_url, server.url, tmp_path / "data"),
+                **DISPATCHER_ENV,
+                "LEDGERQ_API_PORT": str(free_port()),
+                **env,
+            },
+            {},
+        )
+        try:
+            for name in names:
+                process = Process(f"redis-{name}", ["-m", "cli", name], deployment.env, tmp_path)
+                process.start()
+                deployment.processes[name] = process
+            for name in ("worker", "dispatcher"):
+                if name in deployment.processes:
+                    deployment.processes[name].wait_for_log("ready", timeout=60)
+            api = deployment.processes["api"]
+            await asyncio.to_thread(wait_for_http, f"{deployment.api_url}/health", api, 60)
+            yield deployment
+        finally:
+            # Before the database goes: the processes, then Redis.
+            for process in deployment.processes.values():
+                process.stop()
+            deployment.server.stop()
+
+
 @pytest.mark.timeout(300)
 async def test_events_written_while_redis_was_down_still_go_out(
     server_urls: tuple[str, str], receiver: Receiver, tmp_path: Path
@@ -848,73 +909,48 @@ async def test_events_written_while_redis_was_down_still_go_out(
     outage whose receiver was failing, an operation cancelled during it (its event written while
     Redis was down) and one submitted during it (applied after) all arrive once Redis is back,
     empty: the work list is PostgreSQL's, and beat rings the dispatcher again."""
-    redis_dir = tmp_path / "redis"
-    server = start_redis(redis_dir)
-    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
-    processes: list[Process] = []
-    with migrated_database(server_urls[0], "ledgerq_webhooks") as database_url:
-        try:
-            env = {
-                **deployment_env(database_url, server.url, tmp_path / "data"),
-                **DISPATCHER_ENV,
-                "LEDGERQ_API_PORT": str(free_port()),
-            }
-            for name in ("worker", "dispatcher", "beat", "api"):
-                process = Process(f"redis-{name}", ["-m", "cli", name], env, tmp_path)
-                process.start()
-                processes.append(process)
-            for process in processes[:2]:
-                process.wait_for_log("ready", timeout=60)
-            api = f"http://127.0.0.1:{env['LEDGERQ_API_PORT']}"
-            wait_for_http(f"{api}/health", processes[3], timeout=60)
-            async with httpx.AsyncClient(base_url=api, timeout=30) as http:
-                rosa = await LedgerClient.register(http, "rosa")
-                account = await rosa.create_account()
-                hook = path()
-                await register(
-                    rosa, receiver.url(hook), ["operation.succeeded", "operation.cancelled"]
-                )
-                before = await rosa.deposit(account, "5.00")
-                await receiver.wait(hook, 1)
+    names = ("worker", "dispatcher", "beat", "api")
+    async with (
+        redis_kill_deployment(server_urls, tmp_path, names) as deployment,
+        httpx.AsyncClient(base_url=deployment.api_url, timeout=30) as http,
+    ):
+        rosa = await LedgerClient.register(http, "rosa")
+        account = await rosa.create_account()
+        hook = path()
+        await register(rosa, receiver.url(hook), ["operation.succeeded", "operation.cancelled"])
+        before = await rosa.deposit(account, "5.00")
+        await receiver.wait(hook, 1)
 
-                # The receiver fails: this event stays pending in PostgreSQL, retried.
-                receiver.plan(hook, 503)
-                failing = await rosa.deposit(account, "6.00")
-                await receiver.wait(hook, 2)
+        # The receiver fails: this event stays pending in PostgreSQL, retried.
+        receiver.plan(hook, 503)
+        failing = await rosa.deposit(account, "6.00")
+        await receiver.wait(hook, 2)
 
-                os.kill(server.pid, signal.SIGKILL)
-                shutil.rmtree(redis_dir)  # it comes back empty: queues, bells, leases gone
-                # Stored, not applied (no broker to ring it); then one cancelled: its event is
-                # written by the cancel's transaction while Redis is down.
-                during = await rosa.submit_ok(
-                    {"type": "deposit", "account_id": account, "amount": "7.00"}
-                )
-                cancelled = await rosa.submit_ok(
-                    {"type": "deposit", "account_id": account, "amount": "8.00"}
-                )
-                r = await rosa.request("DELETE", f"/api/v1/operations/{cancelled}")
-                assert r.status_code == 200, r.text
-                receiver.plan(hook, 200)
-                await asyncio.sleep(2)
-                server = start_redis(redis_dir, port=port)
+        deployment.kill_redis()
+        # Stored, not applied (no broker to ring it); then one cancelled: its event is written by
+        # the cancel's transaction while Redis is down.
+        during = await rosa.submit_ok({"type": "deposit", "account_id": account, "amount": "7.00"})
+        cancelled = await rosa.submit_ok(
+            {"type": "deposit", "account_id": account, "amount": "8.00"}
+        )
+        r = await rosa.request("DELETE", f"/api/v1/operations/{cancelled}")
+        assert r.status_code == 200, r.text
+        receiver.plan(hook, 200)
+        await asyncio.sleep(2)
+        deployment.restart_redis()
 
-                expected = {
-                    str(event_id(UUID(before["id"]), "operation.succeeded")),
-                    str(event_id(UUID(failing["id"]), "operation.succeeded")),
-                    str(event_id(UUID(during), "operation.succeeded")),
-                    str(event_id(UUID(cancelled), "operation.cancelled")),
-                }
-                deadline = time.monotonic() + 120
-                while {r.headers["Ledgerq-Event-Id"] for r in receiver.at(hook)} != expected:
-                    got = {r.headers["Ledgerq-Event-Id"] for r in receiver.at(hook)}
-                    assert time.monotonic() < deadline, f"missing {expected - got}"
-                    await asyncio.sleep(0.2)
-                assert (await rosa.wait(during))["status"] == "succeeded"
-        finally:
-            # Before the database goes: the processes, then Redis.
-            for process in processes:
-                process.stop()
-            server.stop()
+        expected = {
+            str(event_id(UUID(before["id"]), "operation.succeeded")),
+            str(event_id(UUID(failing["id"]), "operation.succeeded")),
+            str(event_id(UUID(during), "operation.succeeded")),
+            str(event_id(UUID(cancelled), "operation.cancelled")),
+        }
+        deadline = time.monotonic() + 120
+        while {r.headers["Ledgerq-Event-Id"] for r in receiver.at(hook)} != expected:
+            got = {r.headers["Ledgerq-Event-Id"] for r in receiver.at(hook)}
+            assert time.monotonic() < deadline, f"missing {expected - got}"
+            await asyncio.sleep(0.2)
+        assert (await rosa.wait(during))["status"] == "succeeded"
 
 
 def ring_dispatcher(env: dict[str, str]) -> None:
@@ -936,61 +972,40 @@ async def test_the_dispatcher_outlives_a_redis_sigkill_with_a_delivery_in_flight
     delivery completes, the dispatcher reconnects once Redis is back (empty) and sends the next
     event. No beat, and its own look at PostgreSQL only hourly: every delivery here comes from
     a Celery task."""
-    redis_dir = tmp_path / "redis"
-    server = start_redis(redis_dir)
-    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
-    processes: list[Process] = []
-    with migrated_database(server_urls[0], "ledgerq_webhooks") as database_url:
-        try:
-            env = {
-                **deployment_env(database_url, server.url, tmp_path / "data"),
-                **DISPATCHER_ENV,
-                "LEDGERQ_WEBHOOK_INTERVAL": "3600",
-                "LEDGERQ_API_PORT": str(free_port()),
-            }
-            for name in ("worker", "dispatcher", "api"):
-                process = Process(f"inflight-{name}", ["-m", "cli", name], env, tmp_path)
-                process.start()
-                processes.append(process)
-            worker, dispatcher, api_process = processes
-            for process in (worker, dispatcher):
-                process.wait_for_log("ready", timeout=60)
-            api = f"http://127.0.0.1:{env['LEDGERQ_API_PORT']}"
-            wait_for_http(f"{api}/health", api_process, timeout=60)
-            async with httpx.AsyncClient(base_url=api, timeout=30) as http:
-                rosa = await LedgerClient.register(http, "rosa")
-                account = await rosa.create_account()
-                hook = path()
-                await register(rosa, receiver.url(hook))
-                held = threading.Event()
-                receiver.plan(hook, ("hang", held), 200)
-                first = await rosa.deposit(account, "5.00")
-                await asyncio.to_thread(ring_dispatcher, env)
-                await receiver.wait(hook, 1)  # the task is in flight, its message unacknowledged
+    names = ("worker", "dispatcher", "api")
+    async with (
+        redis_kill_deployment(
+            server_urls, tmp_path, names, LEDGERQ_WEBHOOK_INTERVAL="3600"
+        ) as deployment,
+        httpx.AsyncClient(base_url=deployment.api_url, timeout=30) as http,
+    ):
+        dispatcher = deployment.processes["dispatcher"]
+        rosa = await LedgerClient.register(http, "rosa")
+        account = await rosa.create_account()
+        hook = path()
+        await register(rosa, receiver.url(hook))
+        held = threading.Event()
+        receiver.plan(hook, ("hang", held), 200)
+        first = await rosa.deposit(account, "5.00")
+        await asyncio.to_thread(ring_dispatcher, deployment.env)
+        await receiver.wait(hook, 1)  # the task is in flight, its message unacknowledged
 
-                os.kill(server.pid, signal.SIGKILL)
-                shutil.rmtree(redis_dir)
-                await asyncio.to_thread(
-                    dispatcher.wait_for_log, "Connection to broker lost", timeout=30
-                )
-                held.set()  # the delivery ends; its message cannot be acknowledged
-                await asyncio.sleep(1)
-                assert "Unrecoverable error" not in dispatcher.log_text(), dispatcher.log_text()
-                dispatcher.assert_alive()
-                server = start_redis(redis_dir, port=port)
+        deployment.kill_redis()
+        await asyncio.to_thread(dispatcher.wait_for_log, "Connection to broker lost", timeout=30)
+        held.set()  # the delivery ends; its message cannot be acknowledged
+        await asyncio.sleep(1)
+        assert "Unrecoverable error" not in dispatcher.log_text(), dispatcher.log_text()
+        dispatcher.assert_alive()
+        deployment.restart_redis()
 
-                second = await rosa.deposit(account, "6.00")
-                await asyncio.to_thread(ring_dispatcher, env)
-                requests = await receiver.wait(hook, 2)
-                assert [r.headers["Ledgerq-Event-Id"] for r in requests] == [
-                    str(event_id(UUID(op["id"]), "operation.succeeded")) for op in (first, second)
-                ]
-                dispatcher.assert_alive()
-                assert "Unrecoverable error" not in dispatcher.log_text()
-        finally:
-            for process in processes:
-                process.stop()
-            server.stop()
+        second = await rosa.deposit(account, "6.00")
+        await asyncio.to_thread(ring_dispatcher, deployment.env)
+        requests = await receiver.wait(hook, 2)
+        assert [r.headers["Ledgerq-Event-Id"] for r in requests] == [
+            str(event_id(UUID(op["id"]), "operation.succeeded")) for op in (first, second)
+        ]
+        dispatcher.assert_alive()
+        assert "Unrecoverable error" not in dispatcher.log_text()
 
 
 async def test_a_disabled_endpoints_deliveries_wait_parked_until_it_is_enabled(
