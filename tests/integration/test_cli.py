@@ -17,6 +17,7 @@ import pytest
 from api.settings import VARIABLES, Settings
 from cli.main import api_command, beat_command, worker_command
 from devserver import free_port
+from tests.integration.devrun import Dev
 from tests.integration.isolated import descendants, fresh_database, processes
 from worker.store import migrate
 
@@ -186,22 +187,15 @@ def test_dev_runs_everything_and_stops_cleanly_on_ctrl_c(
         LEDGERQ_DATA_DIR=str(tmp_path / "data"),
         LEDGERQ_SWEEP_INTERVAL="1",
     )
-    log_path = tmp_path / "dev.log"
     groups: set[int] = set()
-    with log_path.open("wb") as log:
-        # A file, not a pipe: nobody reads while we wait, and a full pipe would stall the children.
-        dev = subprocess.Popen(
-            [sys.executable, "-m", "cli", "dev"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    dev = Dev(env, tmp_path / "dev.log")
+    log_path = dev.log_path
     try:
         deadline = time.monotonic() + 90
         while True:
-            assert dev.poll() is None, f"ledgerq dev exited early:\n{log_path.read_text()[-4000:]}"
+            assert dev.proc.poll() is None, (
+                f"ledgerq dev exited early:\n{log_path.read_text()[-4000:]}"
+            )
             # The banner comes after dev's own probe; a signal before it would skip the banner.
             if "ledgerq is ready" in log_path.read_text():
                 with contextlib.suppress(httpx.HTTPError):
@@ -215,16 +209,16 @@ def test_dev_runs_everything_and_stops_cleanly_on_ctrl_c(
         groups = _descendant_groups(dev.pid)
         assert len(groups) >= 3, f"expected api, worker and beat groups, got {groups}"
 
-        dev.send_signal(signal.SIGINT)
-        assert dev.wait(20) == 0, log_path.read_text()[-4000:]
+        dev.proc.send_signal(signal.SIGINT)
+        assert dev.wait_exit(20) == 0, log_path.read_text()[-4000:]
         output = log_path.read_text()
         assert f"http://127.0.0.1:{port}/docs" in output
         assert "stopping (api, beat, worker)" in output
         assert _live_in_groups(groups) == [], output[-4000:]
     finally:
-        if dev.poll() is None:
-            dev.kill()
-            dev.wait()
+        if dev.proc.poll() is None:
+            dev.proc.kill()
+            dev.proc.wait()
         for group in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(group, signal.SIGKILL)
