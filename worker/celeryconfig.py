@@ -10,7 +10,6 @@ from kombu import Queue
 from worker.routing import (
     CONTROL_QUEUE,
     SWEEP_TASK,
-    WEBHOOK_DISPATCH_TASK,
     WEBHOOK_QUEUE,
     queue_for_partition,
     route_task,
@@ -85,11 +84,7 @@ beat_schedule = {
         # A sweep that waited longer than its interval is stale; the next one will come.
         "options": {"expires": _settings.sweep_interval},
     },
-    # The webhook dispatcher's ring: it sends what is due in PostgreSQL. A lost or expired ring
-    # only delays deliveries until the next one.
-    "dispatch-webhooks": {
-        "task": WEBHOOK_DISPATCH_TASK,
-        "schedule": _settings.webhook_interval,
-        "options": {"expires": _settings.webhook_interval},
-    },
+    # No ring of the webhook dispatcher: each dispatcher looks at PostgreSQL itself every
+    # LEDGERQ_WEBHOOK_INTERVAL (worker/webhooks.py). Beat's rings piled up in the Redis broker
+    # (expired messages leave a queue only when consumed) wherever no dispatcher ran.
 }

@@ -115,8 +115,8 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "LEDGERQ_WEBHOOK_INTERVAL",
         "1",
-        "Seconds between beat's rings of the webhook dispatcher, which then sends what is due: "
-        "how late an event may go out at most, when nothing else rang.",
+        "Seconds between a webhook dispatcher's looks at PostgreSQL for deliveries that are due: "
+        "about how late an event goes out after its transaction commits.",
     ),
     Var(
         "LEDGERQ_WEBHOOK_CONCURRENCY",

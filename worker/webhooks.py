@@ -3,10 +3,12 @@
 
 It has a Celery app of its own (`worker.webhooks:app`, the same configuration and broker as
 worker/celery_app.py): the partition workers' app starts partition leases on `worker_ready`,
-which a dispatcher must not take. Beat rings the dispatch task every LEDGERQ_WEBHOOK_INTERVAL
-seconds (worker/celeryconfig.py); a dispatch that finds work rings once more, so idle threads
-join in. Nothing is kept in Redis: the work list is PostgreSQL's (worker/store/webhooks.py), so
-a lost ring, a Redis restart or a dead dispatcher only delays a delivery.
+which a dispatcher must not take. Each dispatcher looks at PostgreSQL every
+LEDGERQ_WEBHOOK_INTERVAL seconds (a thread, `_start_polling`); a dispatch that finds work rings
+the queue once more, so idle task threads join in. Nothing is kept in Redis: the work list is
+PostgreSQL's (worker/store/webhooks.py), so a lost ring, a Redis restart or a dead dispatcher
+only delays a delivery. Beat does not ring it: its rings piled up in Redis where no dispatcher
+ran.
 
 Each delivery: claim it (FOR UPDATE SKIP LOCKED, then a lease, committed), check the host's
 addresses again (DNS may have changed since registration) and connect to the address checked,
@@ -271,7 +273,7 @@ def dispatch() -> int:
             if attempts == 0:
                 try:
                     ring(settings)
-                except Exception as exc:  # the broker: beat rings again anyway
+                except Exception as exc:  # the broker: the next look finds the work anyway
                     log.warning("webhook_ring_failed", error=str(exc))
             for delivery in due:
                 deliver(res, settings, claim, delivery)
@@ -293,10 +295,10 @@ def _poll(interval: float) -> None:
 
 @signals.worker_ready.connect
 def _start_polling(sender: Any = None, **_: Any) -> None:
-    """Deliveries do not depend on the broker alone: beat's rings are the fast path, and each
-    dispatcher also looks at PostgreSQL itself every LEDGERQ_WEBHOOK_INTERVAL seconds (a direct
-    call, in a thread of its own). A dispatcher whose broker connection died without notice (seen
-    after a Redis SIGKILL), or a deployment whose beat is down, still sends what is due."""
+    """What starts deliveries: each dispatcher looks at PostgreSQL every LEDGERQ_WEBHOOK_INTERVAL
+    seconds (a direct call of the task's function, in a thread of its own), so neither the broker
+    nor beat is needed for an event to go out; a look that finds work rings the queue for more
+    threads."""
     if getattr(sender, "app", None) is not app:
         return
     interval = get_settings().webhook_interval

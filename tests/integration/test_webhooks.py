@@ -908,7 +908,7 @@ async def test_events_written_while_redis_was_down_still_go_out(
     """A deployment of its own (Redis is killed here): events of operations applied before the
     outage whose receiver was failing, an operation cancelled during it (its event written while
     Redis was down) and one submitted during it (applied after) all arrive once Redis is back,
-    empty: the work list is PostgreSQL's, and beat rings the dispatcher again."""
+    empty: the work list is PostgreSQL's, which the dispatcher looks at itself."""
     names = ("worker", "dispatcher", "beat", "api")
     async with (
         redis_kill_deployment(server_urls, tmp_path, names) as deployment,
