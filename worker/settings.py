@@ -102,6 +102,12 @@ VARIABLES: tuple[Var, ...] = (
         "deliveries all failed for this long is disabled, with the reason.",
     ),
     Var(
+        "LEDGERQ_WEBHOOK_RETENTION",
+        "2592000",
+        "Seconds a finished webhook delivery (succeeded or failed) is kept, with its attempts, "
+        "after it was created (30 days); the sweeper deletes older ones. 0 keeps them forever.",
+    ),
+    Var(
         "LEDGERQ_WEBHOOK_BACKOFF_BASE",
         "10",
         "Seconds before a failed webhook delivery's first retry; each later wait doubles (half of "
@@ -260,6 +266,7 @@ class Settings:
     db_pool_size: int
     webhook_timeout: float
     webhook_retry_period: float
+    webhook_retention: float
     webhook_backoff_base: float
     webhook_backoff_max: float
     webhook_interval: float
@@ -301,6 +308,9 @@ class Settings:
             "webhook_timeout": float(env.number("LEDGERQ_WEBHOOK_TIMEOUT", 1, 60)),
             "webhook_retry_period": float(
                 env.number("LEDGERQ_WEBHOOK_RETRY_PERIOD", 1, 30 * 24 * 3600)
+            ),
+            "webhook_retention": float(
+                env.number("LEDGERQ_WEBHOOK_RETENTION", 0, 10 * 366 * 24 * 3600)
             ),
             "webhook_backoff_base": float(env.number("LEDGERQ_WEBHOOK_BACKOFF_BASE", 1, 3600)),
             "webhook_backoff_max": float(env.number("LEDGERQ_WEBHOOK_BACKOFF_MAX", 1, 24 * 3600)),

@@ -26,6 +26,7 @@ from worker.store.db import make_engine, read_budget
 from worker.store.holds import submit_expiry_voids
 from worker.store.pools import log_budget, worker_pool
 from worker.store.queue import stale_partitions
+from worker.store.webhooks import prune_deliveries
 
 log = structlog.get_logger(__name__)
 
@@ -157,11 +158,17 @@ def _drain(partition: int) -> int:
 @app.task(name=SWEEP_TASK, acks_late=True)
 def sweep() -> list[int]:
     """Submit the voids of expired holds, then ring every partition they went to and every one
-    whose pending operations are older than LEDGERQ_SWEEP_AGE."""
+    whose pending operations are older than LEDGERQ_SWEEP_AGE; delete finished webhook
+    deliveries older than LEDGERQ_WEBHOOK_RETENTION (a batch per run)."""
     settings = get_settings()
     with resources().engine.connect() as conn:
         expiring = submit_expiry_voids(conn, settings.partitions)
         partitions = sorted(set(stale_partitions(conn, settings.sweep_age)) | set(expiring))
+    if settings.webhook_retention:
+        with resources().engine.begin() as conn:
+            pruned = prune_deliveries(conn, settings.webhook_retention)
+        if pruned:
+            log.info("webhook_deliveries_pruned", count=pruned)
     for partition in partitions:
         ring(partition)
     if expiring:

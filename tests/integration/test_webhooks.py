@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
 import itertools
 import json
 import os
@@ -26,10 +28,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
+import redis
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
@@ -1044,3 +1047,92 @@ async def test_a_disabled_endpoints_deliveries_wait_parked_until_it_is_enabled(
         await asyncio.sleep(0.1)
     assert delivery["status"] == "succeeded", delivery
     await sam.request("DELETE", f"/api/v1/webhooks/{endpoint['id']}")
+
+
+# ----------------------------------------------------------------------------- retention
+
+
+def delivery_id_at(at: dt.datetime) -> UUID:
+    """A UUIDv7 of that instant, as the outbox makes them."""
+    millis = int(at.timestamp() * 1000)
+    return UUID(int=millis << 80 | 0x7 << 76 | 0b10 << 62 | secrets.randbits(62))
+
+
+def test_the_sweeper_prunes_finished_deliveries_past_the_retention(
+    server_urls: tuple[str, str], service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finished deliveries created before LEDGERQ_WEBHOOK_RETENTION go, oldest first and a batch
+    at a time; pending ones stay however old, and so do recent ones."""
+    from worker import tasks
+    from worker.settings import get_settings, normalize_database_url
+    from worker.store.db import make_engine
+    from worker.store.webhooks import prune_deliveries
+
+    with migrated_database(server_urls[0], "ledgerq_retention") as url:
+        engine = make_engine(normalize_database_url(url), pool_size=2)
+        client = redis.Redis.from_url(server_urls[1])
+        try:
+            now = dt.datetime.now(dt.UTC)
+            endpoint = uuid4()
+            rows = {
+                "old-succeeded": (now - dt.timedelta(days=40), "succeeded"),
+                "old-failed": (now - dt.timedelta(days=31), "failed"),
+                "old-pending": (now - dt.timedelta(days=45), "pending"),
+                "recent": (now - dt.timedelta(days=29), "succeeded"),
+                **{f"batch-{n}": (now - dt.timedelta(days=50 + n), "succeeded") for n in range(3)},
+            }
+            ids = {name: delivery_id_at(at) for name, (at, _) in rows.items()}
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO webhook_endpoints (id, owner_id, created_by, url, events,"
+                        " secret) VALUES (:id, NULL, :id, 'https://example.com/h',"
+                        " ARRAY['operation.succeeded'], 'whsec_x')"
+                    ),
+                    {"id": endpoint},
+                )
+                for name, (at, status) in rows.items():
+                    conn.execute(
+                        sa.insert(webhook_deliveries).values(
+                            id=ids[name],
+                            event_id=uuid4(),
+                            endpoint_id=endpoint,
+                            event_type="operation.succeeded",
+                            operation_id=uuid4(),
+                            payload={},
+                            status=status,
+                            created_at=at,
+                        )
+                    )
+
+            def left() -> set[str]:
+                with engine.connect() as conn:
+                    found = set(conn.execute(sa.select(webhook_deliveries.c.id)).scalars())
+                return {name for name, id_ in ids.items() if id_ in found}
+
+            thirty_days = 30 * 24 * 3600.0
+            # A batch at a time, oldest first: the three oldest (the batch rows) go first.
+            with engine.begin() as conn:
+                assert prune_deliveries(conn, thirty_days, limit=3) == 3
+            assert left() == {"old-succeeded", "old-failed", "old-pending", "recent"}
+            # The sweeper, with the retention of the settings, takes the rest of what is due.
+            settings = get_settings()
+            monkeypatch.setattr(tasks, "resources", lambda: tasks.Resources(engine, client))
+            monkeypatch.setattr(
+                tasks,
+                "get_settings",
+                lambda: dataclasses.replace(settings, webhook_retention=thirty_days),
+            )
+            assert tasks.sweep() == []
+            assert left() == {"old-pending", "recent"}
+            # 0 keeps everything.
+            monkeypatch.setattr(
+                tasks, "get_settings", lambda: dataclasses.replace(settings, webhook_retention=0)
+            )
+            with engine.begin() as conn:
+                conn.execute(sa.update(webhook_deliveries).values(status="failed"))
+            tasks.sweep()
+            assert left() == {"old-pending", "recent"}
+        finally:
+            client.close()
+            engine.dispose()

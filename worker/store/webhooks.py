@@ -403,6 +403,35 @@ _CLAIM = sa.text(
 )
 
 
+# Finished deliveries created more than :retention seconds ago, oldest first, up to :limit: the
+# primary key's range below the UUIDv7 of that instant (its first 48 bits, the rest zero), so a
+# sweep that finds nothing to prune reads next to nothing. The DELETE checks the status again: a
+# delivery retried by hand meanwhile is pending and stays.
+_PRUNE = sa.text(
+    """
+    WITH old AS (
+        SELECT id FROM webhook_deliveries
+        WHERE id < CAST(encode(substring(int8send(CAST(floor(
+                  extract(epoch FROM now() - make_interval(secs => :retention)) * 1000) AS bigint))
+                  FROM 3) || decode('00000000000000000000', 'hex'), 'hex') AS uuid)
+          AND status <> 'pending'
+        ORDER BY id
+        LIMIT :limit
+    )
+    DELETE FROM webhook_deliveries d USING old WHERE d.id = old.id AND d.status <> 'pending'
+    """
+)
+
+# Rows one prune deletes at most (the sweeper prunes again at its next run).
+PRUNE_BATCH = 5000
+
+
+def prune_deliveries(conn: Connection, retention: float, limit: int = PRUNE_BATCH) -> int:
+    """Delete up to `limit` finished deliveries created more than `retention` seconds ago; how
+    many were deleted. Pending ones stay, however old."""
+    return conn.execute(_PRUNE, {"retention": retention, "limit": limit}).rowcount
+
+
 def claim_due(
     conn: Connection, claim: UUID, limit: int, lease: float, period: float
 ) -> Sequence[Any]:
