@@ -155,6 +155,7 @@ ACCESS: dict[str, str] = {
     "createWebhook": READ_OR_ADMIN,
     "listWebhooks": READ_OR_ADMIN,
     "getWebhook": READ_OR_ADMIN,
+    "updateWebhook": READ_OR_ADMIN,
     "deleteWebhook": READ_OR_ADMIN,
     "rotateWebhookSecret": READ_OR_ADMIN,
     "disableWebhook": READ_OR_ADMIN,

@@ -707,23 +707,28 @@ WebhookEventType = Literal[
 ]
 
 
+WebhookUrl = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=2048,
+        description="An http or https URL, without credentials or fragment, whose host "
+        "resolves to public addresses only (LEDGERQ_WEBHOOKS_ALLOW_PRIVATE allows private ones). "
+        "Events are POSTed to it; redirects are not followed.",
+        examples=["https://example.com/ledgerq/events"],
+    ),
+]
+WebhookEvents = Annotated[
+    list[WebhookEventType],
+    Meta(min_length=1, max_length=7, description="The event types sent to it."),
+]
+WebhookDescription = Annotated[str, Meta(max_length=500)]
+
+
 class WebhookCreate(Body):
-    url: Annotated[
-        str,
-        Meta(
-            min_length=1,
-            max_length=2048,
-            description="An http or https URL, without credentials or fragment, whose host "
-            "resolves to public addresses only (LEDGERQ_WEBHOOKS_ALLOW_PRIVATE allows private ones). "
-            "Events are POSTed to it; redirects are not followed.",
-            examples=["https://example.com/ledgerq/events"],
-        ),
-    ]
-    events: Annotated[
-        list[WebhookEventType],
-        Meta(min_length=1, max_length=7, description="The event types sent to it."),
-    ]
-    description: Annotated[str, Meta(max_length=500)] | None = None
+    url: WebhookUrl
+    events: WebhookEvents
+    description: WebhookDescription | None = None
     all_accounts: Annotated[
         bool,
         Meta(
@@ -731,6 +736,17 @@ class WebhookCreate(Body):
             "endpoints always are). Otherwise: the events of your own accounts."
         ),
     ] = False
+
+
+class WebhookChange(Body):
+    """Changes to an endpoint; absent fields stay. A new URL is checked as at registration, and
+    pending deliveries (retries included) go to it from their next attempt, with the same event
+    ids. New events apply from now on (events already recorded are still delivered).
+    `description: ""` removes it."""
+
+    url: WebhookUrl | None = None
+    events: WebhookEvents | None = None
+    description: WebhookDescription | None = None
 
 
 class WebhookOut(Struct, kw_only=True):

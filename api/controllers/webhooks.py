@@ -1,5 +1,5 @@
-"""Webhooks: register an endpoint (its signing secret is shown once), list and read them, rotate
-the secret, disable and enable, delete; list an endpoint's deliveries and resend one.
+"""Webhooks: register an endpoint (its signing secret is shown once), list and read them, change
+its URL, events or description, rotate the secret, disable and enable, delete; list an endpoint's deliveries and resend one.
 
 An endpoint gets the events of its owner's accounts; the admin may register one for every
 account. Events are written by the transactions that apply or cancel operations (the outbox,
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 from uuid import UUID
 
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from api.auth import Principal, forbidden
@@ -22,6 +22,7 @@ from api.errors import ApiError
 from api.pagination import Cursor, Keyset, Limit, page, reads
 from api.presenters import webhook_delivery_out, webhook_out, webhook_with_secret
 from api.schemas import (
+    WebhookChange,
     WebhookCreate,
     WebhookDeliveryOut,
     WebhookDeliveryPage,
@@ -74,6 +75,11 @@ async def check_url(url: str, allow_private: bool) -> None:
         raise ApiError(422, "webhook_url_not_allowed", str(exc), field="url") from None
 
 
+def distinct(events: Sequence[str]) -> list[str]:
+    """The event types once each, in the order given."""
+    return sorted(set(events), key=events.index)
+
+
 class WebhookController(Controller):
     path = "/api/v1/webhooks"
     tags = ["webhooks"]
@@ -101,7 +107,7 @@ class WebhookController(Controller):
         owner = None if data.all_accounts or principal.method == "master_key" else principal.id
         await check_url(data.url, services.settings.webhooks_allow_private)
         secret = new_secret()
-        events = sorted(set(data.events), key=data.events.index)
+        events = distinct(data.events)
         async with services.engine.begin() as conn:
             await store.lock_owner(conn, owner)
             if await store.endpoint_count(conn, owner) >= store.MAX_ENDPOINTS:
@@ -141,6 +147,28 @@ class WebhookController(Controller):
         deliveries fail."""
         async with services_of(request.app).reads.connect() as conn:
             row = await store.endpoint(conn, webhook_id, managed_by(request.user))
+        if row is None:
+            raise webhook_not_found()
+        return webhook_out(row)
+
+    @patch("/{webhook_id:uuid}", operation_id="updateWebhook")
+    async def update_webhook(
+        self, request: Request[Principal, Any, Any], webhook_id: UUID, data: WebhookChange
+    ) -> WebhookOut:
+        """Change an endpoint's URL (checked as at registration: 422 `webhook_url_not_allowed`),
+        its events (from now on) or its description (`""` removes it); absent fields stay. The
+        secret, the enabled state and the deliveries stay: pending ones go to the new URL."""
+        services = services_of(request.app)
+        changes: dict[str, Any] = {}
+        if data.url is not None:
+            await check_url(data.url, services.settings.webhooks_allow_private)
+            changes["url"] = data.url
+        if data.events is not None:
+            changes["events"] = distinct(data.events)
+        if data.description is not None:
+            changes["description"] = data.description or None
+        async with services.engine.begin() as conn:
+            row = await store.update_endpoint(conn, webhook_id, managed_by(request.user), changes)
         if row is None:
             raise webhook_not_found()
         return webhook_out(row)

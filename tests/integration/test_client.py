@@ -504,6 +504,13 @@ def test_webhook_routes(webhook_api: str, api_url: str) -> None:
     assert (created.events, created.enabled) == (["operation.succeeded", "operation.failed"], True)
     assert [w.id for w in lq.iter_webhooks()] == [created.id]
     assert lq.get_webhook(created.id).description == "ledger sync"
+    changed = lq.update_webhook(created.id, events=["operation.failed"], description="")
+    assert (changed.events, changed.description, changed.url) == (
+        ["operation.failed"],
+        None,
+        "http://127.0.0.1:9/hook",
+    )
+    lq.update_webhook(created.id, events=["operation.succeeded", "operation.failed"])
 
     rotated = lq.rotate_webhook_secret(created.id, previous_secret_valid_for=600)
     assert rotated.secret != created.secret and rotated.previous_secret_expires_at is not None

@@ -229,6 +229,60 @@ async def test_an_owner_keeps_at_most_twenty_endpoints(wh: httpx.AsyncClient) ->
     assert seen == [w["id"] for w in made]
 
 
+async def test_an_endpoint_changed_sends_its_pending_deliveries_to_the_new_url(
+    wh: httpx.AsyncClient, receiver: Receiver, dispatcher: Process
+) -> None:
+    """PATCH: a delivery retrying against the old URL goes to the new one with its event id; the
+    new event list applies to later operations; a refused URL changes nothing; absent fields
+    stay and `description: ""` removes it."""
+    quinn = await LedgerClient.register(wh, "quinn")
+    account = await quinn.create_account()
+    old, new = path(), path()
+    endpoint = await register(quinn, receiver.url(old), description="first")
+    receiver.plan(old, 503)
+    deposit = await quinn.deposit(account, "3.00")
+    await receiver.wait(old, 1)  # failed once: pending, retried
+
+    url = f"/api/v1/webhooks/{endpoint['id']}"
+    r = await quinn.request(
+        "PATCH",
+        url,
+        json={"url": receiver.url(new), "events": ["operation.succeeded", "operation.failed"]},
+    )
+    assert r.status_code == 200, r.text
+    changed = r.json()
+    assert changed["url"] == receiver.url(new)
+    assert changed["events"] == ["operation.succeeded", "operation.failed"]
+    assert changed["description"] == "first" and changed["enabled"] is True
+    [moved] = await receiver.wait(new, 1)
+    assert moved.headers["Ledgerq-Event-Id"] == str(
+        event_id(UUID(deposit["id"]), "operation.succeeded")
+    )
+    failed = await quinn.wait(
+        await quinn.submit_ok({"type": "withdrawal", "account_id": account, "amount": "99.00"})
+    )
+    assert failed["status"] == "failed"
+    second = (await receiver.wait(new, 2))[1]
+    assert second.event["type"] == "operation.failed"
+
+    for body, field in (
+        ({"url": "ftp://example.com/x"}, "url"),
+        ({"events": []}, None),
+        ({"events": ["operation.exploded"]}, None),
+        ({"secret": "mine"}, None),
+    ):
+        r = await quinn.request("PATCH", url, json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+        if field:
+            assert r.json()["code"] == "webhook_url_not_allowed" and r.json()["field"] == field
+    r = await quinn.request("PATCH", url, json={"description": ""})
+    assert r.status_code == 200, r.text
+    assert r.json()["url"] == receiver.url(new) and r.json()["description"] is None
+    assert r.json()["events"] == ["operation.succeeded", "operation.failed"]
+    await quinn.request("DELETE", url)
+
+
 async def test_events_go_only_to_their_owners_endpoints_and_the_admins(
     wh: httpx.AsyncClient, engine: Engine, master_key: dict[str, str]
 ) -> None:
@@ -306,6 +360,10 @@ async def test_events_go_only_to_their_owners_endpoints_and_the_admins(
     ):
         r = await bob.request(method, path)
         assert r.status_code == 404, (method, path, r.text)
+    r = await bob.request(
+        "PATCH", f"/api/v1/webhooks/{to_alice['id']}", json={"url": "http://127.0.0.1:9/bob"}
+    )
+    assert r.status_code == 404 and r.json()["code"] == "webhook_not_found"
     some = (await deliveries(alice, to_alice["id"]))[0]["id"]
     r = await bob.request("POST", f"/api/v1/webhooks/{to_bob['id']}/deliveries/{some}/retry")
     assert r.status_code == 404 and r.json()["code"] == "webhook_delivery_not_found"

@@ -259,6 +259,21 @@ async def delete_endpoint(conn: AsyncConnection, endpoint_id: UUID, owner: UUID 
     return True
 
 
+async def update_endpoint(
+    conn: AsyncConnection, endpoint_id: UUID, owner: UUID | None, changes: dict[str, Any]
+) -> Record | None:
+    """Change the url, events or description of an endpoint `owner` manages; None if none."""
+    table = webhook_endpoints
+    return (
+        await conn.execute(
+            table.update()
+            .where(table.c.id == endpoint_id, _visible(owner))
+            .values(**changes, updated_at=sa.func.now())
+            .returning(*ENDPOINT_COLUMNS)
+        )
+    ).one_or_none()
+
+
 async def rotate_secret(
     conn: AsyncConnection, endpoint_id: UUID, owner: UUID | None, secret: str, grace: int
 ) -> Record | None:

@@ -540,6 +540,24 @@ def delete_webhook(webhook_id: Id) -> Call[None]:
     return _send("deleteWebhook", None, None, safe=False, webhook_id=webhook_id)
 
 
+def update_webhook(
+    webhook_id: Id,
+    *,
+    url: str | None = None,
+    events: Sequence[str] | None = None,
+    description: str | None = None,
+) -> Call[Webhook]:
+    """Change an endpoint's URL (checked again; 422 `webhook_url_not_allowed`), its events (from
+    now on) or its description (`""` removes it); None leaves a field as it is. Its secret and
+    deliveries stay: pending ones go to the new URL."""
+    fields = {
+        "url": url,
+        "events": None if events is None else list(events),
+        "description": description,
+    }
+    return _send("updateWebhook", Webhook, fields, safe=True, webhook_id=webhook_id)
+
+
 def rotate_webhook_secret(
     webhook_id: Id, *, previous_secret_valid_for: int | None = None
 ) -> Call[WebhookWithSecret]:

@@ -73,6 +73,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "listWebhooks": ("GET", "/api/v1/webhooks"),
     "getWebhook": ("GET", "/api/v1/webhooks/{webhook_id}"),
     "deleteWebhook": ("DELETE", "/api/v1/webhooks/{webhook_id}"),
+    "updateWebhook": ("PATCH", "/api/v1/webhooks/{webhook_id}"),
     "rotateWebhookSecret": ("POST", "/api/v1/webhooks/{webhook_id}/rotate-secret"),
     "disableWebhook": ("POST", "/api/v1/webhooks/{webhook_id}/disable"),
     "enableWebhook": ("POST", "/api/v1/webhooks/{webhook_id}/enable"),

@@ -300,6 +300,7 @@ class AsyncLedgerqClient:
     iter_webhooks = _pages(_calls.list_webhooks)
     get_webhook = _method(_calls.get_webhook)
     delete_webhook = _method(_calls.delete_webhook)
+    update_webhook = _method(_calls.update_webhook)
     rotate_webhook_secret = _method(_calls.rotate_webhook_secret)
     disable_webhook = _method(_calls.disable_webhook)
     enable_webhook = _method(_calls.enable_webhook)
