@@ -18,6 +18,7 @@ the answer read), record the attempt, schedule the next try with backoff and jit
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import functools
 import logging
@@ -118,8 +119,20 @@ class Attempt:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def resolve(host: str, port: int) -> list[str]:
-    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+# Name lookups run on these threads, so a delivery waits at most LEDGERQ_WEBHOOK_TIMEOUT for one
+# (getaddrinfo has no timeout of its own, and a slow resolver would otherwise hold the delivery's
+# thread past its claim's lease): a lookup that hangs keeps a lookup thread, not the delivery.
+_LOOKUPS = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="webhook-dns")
+
+
+def resolve(host: str, port: int, timeout: float) -> list[str]:
+    future = _LOOKUPS.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise OSError(f"no answer within {timeout:g} s") from None
+    return [str(info[4][0]) for info in infos]
 
 
 def send(
@@ -135,7 +148,7 @@ def send(
     try:
         url = parse_endpoint_url(delivery.url)
         try:
-            addresses = resolve(url.host, url.port)
+            addresses = resolve(url.host, url.port, settings.webhook_timeout)
         except (OSError, UnicodeError, ValueError) as exc:
             raise WebhookUrlError(f"the host {url.host} does not resolve: {exc}") from None
         address = check_addresses(addresses, settings.webhooks_allow_private)[0]

@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import threading
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -384,7 +385,7 @@ def _send(
         seen.append(request)
         return handler(request)
 
-    monkeypatch.setattr(dispatcher, "resolve", lambda host, port: addresses)
+    monkeypatch.setattr(dispatcher, "resolve", lambda host, port, timeout: addresses)
     client = httpx.Client(transport=httpx.MockTransport(record), follow_redirects=False)
     attempt = dispatcher.send(client, settings or _settings(), _delivery(url, previous_secret))
     return attempt, seen
@@ -455,7 +456,37 @@ def test_failures_keep_a_short_reason_and_never_follow_redirects(
     assert attempt.error == "ConnectError: connection refused"
 
 
-def test_the_dispatch_ring_has_its_own_queue_and_beat_rings_it(
+def test_a_name_lookup_that_hangs_fails_the_attempt_after_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """getaddrinfo has no timeout: the dispatcher waits LEDGERQ_WEBHOOK_TIMEOUT for it, then
+    records a failed attempt (retried later) instead of holding the delivery's thread."""
+    import socket
+
+    import worker.webhooks as dispatcher
+
+    answer = threading.Event()
+    real = socket.getaddrinfo
+
+    def hanging(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow.example.com":
+            answer.wait(30)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    client = httpx.Client(transport=httpx.MockTransport(lambda r: reply(200)))
+    settings = _settings(LEDGERQ_WEBHOOK_TIMEOUT="1")
+    try:
+        attempt = dispatcher.send(client, settings, _delivery("https://slow.example.com/"))
+    finally:
+        answer.set()
+    assert attempt.status_code is None and not attempt.succeeded
+    assert attempt.error == (
+        "refused: the host slow.example.com does not resolve: no answer within 1 s"
+    )
+
+
+def test_the_dispatch_ring_has_its_own_queue_and_beat_never_rings_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import runpy
