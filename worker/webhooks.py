@@ -284,10 +284,7 @@ def dispatch() -> int:
             if not due:
                 break
             if attempts == 0:
-                try:
-                    ring(settings)
-                except Exception as exc:  # the broker: the next look finds the work anyway
-                    log.warning("webhook_ring_failed", error=str(exc))
+                ring(settings)  # best effort: it never raises
             for delivery in due:
                 deliver(res, settings, claim, delivery)
                 attempts += 1

@@ -1,5 +1,6 @@
 """Webhooks: register an endpoint (its signing secret is shown once), list and read them, change
-its URL, events or description, rotate the secret, disable and enable, delete; list an endpoint's deliveries and resend one.
+its URL, events or description, rotate the secret, disable and enable, delete; list an
+endpoint's deliveries and resend one.
 
 An endpoint gets the events of its owner's accounts; the admin may register one for every
 account. Events are written by the transactions that apply or cancel operations (the outbox,

@@ -1,9 +1,8 @@
 """`ledgerq dev` as a supervisor: one run per data folder, a clean stop on SIGINT/SIGTERM however
 they arrive, and nothing of a run left behind when it is killed hard.
 
-Every run here starts its own embedded PostgreSQL and Redis in a temporary data folder. A process
-belongs to a run when its environment carries that run's LEDGERQ_DATA_DIR (api, worker, beat and
-the servers inherit it) or its working directory lies in that folder (the servers run there).
+Every run here starts its own embedded PostgreSQL and Redis in a temporary data folder; which
+processes belong to a run: tests/integration/devrun.py.
 """
 
 from __future__ import annotations
